@@ -1,0 +1,5 @@
+"""encoders: every module here registers itself into framework.registry on import."""
+
+from components._discover import import_all
+
+import_all(__name__, __path__)

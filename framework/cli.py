@@ -1,0 +1,129 @@
+"""The ``segearth`` command. Heavy imports happen inside the commands, so ``--help`` and config errors are fast."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from framework.errors import UserError
+
+# No run-time hub access on the machines this targets; albumentations must not query the package index.
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+
+def _load(args: argparse.Namespace) -> dict:
+    from framework.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from framework.run import fit
+
+    fit(_load(args))
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from framework.run import evaluate
+
+    evaluate(_load(args), args.ckpt, stage="validate", out=args.out)
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    from framework.run import evaluate
+
+    cfg = _load(args)
+    if args.no_shuffled:
+        cfg["eval"]["shuffled_control"] = False
+    evaluate(cfg, args.ckpt, stage="test", out=args.out)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from framework.data.synth import write_synthetic_dataset
+
+    if args.n < 3:
+        raise UserError("--n must be at least 3 (one scene per split)")
+    counts = write_synthetic_dataset(Path(args.out), n=args.n, seed=args.seed, image_size=args.image_size)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n} samples" for split, n in counts.items()))
+
+
+def cmd_components(args: argparse.Namespace) -> None:
+    from framework.describe import describe_components
+
+    print(describe_components(args.slot))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segearth",
+        description="Geospatial pixel reasoning: image + implicit question in, answer mask out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="experiment YAML")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.compressor.ratio=4")
+
+    p = sub.add_parser("fit", help="train an experiment", description="Train an experiment config.")
+    with_config(p)
+    p.set_defaults(func=cmd_fit)
+
+    for name, func, text in (
+        ("validate", cmd_validate, "evaluate a checkpoint on the validation split"),
+        ("test", cmd_test, "evaluate a checkpoint on the test split (with the shuffled-question control)"),
+    ):
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        with_config(p)
+        p.add_argument("--ckpt", help="checkpoint file, or 'best' / 'last' of the newest run of this experiment")
+        p.add_argument("--out", help="folder for results (default: the checkpoint's run folder)")
+        if name == "test":
+            p.add_argument("--no-shuffled", action="store_true", help="skip the shuffled-question control")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("data", help="make datasets", description="Make datasets.")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    s = data_sub.add_parser(
+        "synth",
+        help="write procedurally generated aerial scenes in EarthReason layout",
+        description="Write procedurally generated aerial scenes with implicit questions in EarthReason layout.",
+    )
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--n", type=int, default=600, help="number of scenes over all splits (default 600)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--image-size", type=int, default=256)
+    s.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser(
+        "components",
+        help="list registered components with their parameters",
+        description="List every registered component per slot, with its parameters and defaults.",
+    )
+    p.add_argument("--slot", help="only this slot (encoder, compressor, llm, projector, mask_head, dataset)")
+    p.set_defaults(func=cmd_components)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"segearth: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("segearth: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

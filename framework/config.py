@@ -1,0 +1,212 @@
+"""Experiment configs: YAML with ``base:`` inheritance, dotted overrides, interpolation, load-time validation.
+
+A config is data. ``load_config`` returns a plain, fully resolved ``dict``: every run is reproducible from the
+YAML that ``save_config`` writes next to it (no ``base:`` left, interpolations resolved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from framework.errors import ConfigError
+
+
+@dataclass
+class ModelSchema:
+    """One mapping per slot: ``{name: <registered name>, frozen: bool, **component kwargs}``."""
+
+    encoder: dict[str, Any] = field(default_factory=dict)
+    compressor: Optional[dict[str, Any]] = None
+    llm: dict[str, Any] = field(default_factory=dict)
+    projector: dict[str, Any] = field(default_factory=dict)
+    mask_head: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSchema:
+    format: str = "earthreason"
+    root: Optional[str] = None
+    image_size: int = 1024
+    batch_size: int = 1
+    eval_batch_size: int = 4
+    num_workers: int = 0
+    train_questions: str = "all"  # every question of an image is a training sample (the reference: first only)
+    eval_questions: str = "first"  # "first" = reference-comparable; "all" = every question is a sample
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"
+    augment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimSchema:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    # Multiplies ``lr`` per slot (encoder, compressor, llm, projector, mask_head); missing slots use 1.
+    slot_lr_scale: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LossSchema:
+    bce_weight: float = 5.0
+    dice_weight: float = 5.0
+    lm_weight: float = 1.0
+    point_sample: bool = True
+    num_points: int = 12544
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+    deep_supervision: bool = True
+
+
+@dataclass
+class TrackingSchema:
+    enabled: bool = True
+    # MLflow's own environment variable wins when set; otherwise a sqlite store in the working directory.
+    uri: str = "${oc.env:MLFLOW_TRACKING_URI,sqlite:///mlruns.db}"
+    experiment: str = "segearth"
+    run_name: Optional[str] = None
+
+
+@dataclass
+class EvalSchema:
+    threshold: float = 0.0  # logit threshold (0 = sigmoid 0.5, as the reference)
+    shuffled_control: bool = True
+    shuffle_seed: int = 0
+
+
+@dataclass
+class ExperimentSchema:
+    name: str = "experiment"
+    seed: int = 0
+    output_dir: str = "runs"
+    model: ModelSchema = field(default_factory=ModelSchema)
+    data: DataSchema = field(default_factory=DataSchema)
+    optim: OptimSchema = field(default_factory=OptimSchema)
+    loss: LossSchema = field(default_factory=LossSchema)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
+    eval: EvalSchema = field(default_factory=EvalSchema)
+
+
+TOP_LEVEL_KEYS = [f.name for f in dataclasses.fields(ExperimentSchema)]
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> DictConfig:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"{chain[-1]}: 'base:' cycle: {cycle}")
+    data = _read_yaml(path)
+    bases = data.pop("base", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"{path}: 'base:' must be a path or a list of paths")
+    merged = OmegaConf.create()
+    for base in bases:
+        merged = OmegaConf.merge(merged, _load_with_bases(path.parent / base, (*chain, path)))
+    try:
+        return OmegaConf.merge(merged, OmegaConf.create(data))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: {_omegaconf_message(exc)}") from None
+
+
+def _omegaconf_message(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    message = str(exc).splitlines()[0]
+    return f"{key}: {message}" if key else message
+
+
+def _apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key.path=value")
+        key, _ = item.split("=", 1)
+        if not key or key.startswith(".") or key.endswith("."):
+            raise ConfigError(f"override '{item}': bad key '{key}'")
+    try:
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"override: {_omegaconf_message(exc)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, validate_components: bool = True) -> dict:
+    """Load an experiment: bases, overrides, schema validation, interpolation; returns a resolved dict.
+
+    With ``validate_components`` every slot config is also checked against the named component's signature
+    (imports the components, so it costs the torch import).
+    """
+    path = Path(path)
+    raw = _apply_overrides(_load_with_bases(path, ()), overrides or [])
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{path}: unknown top-level key '{key}'{hint}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(ExperimentSchema), raw)
+        resolved = OmegaConf.to_container(typed, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: {_omegaconf_message(exc)}") from None
+    assert isinstance(resolved, dict)
+    _check_choices(path, resolved)
+    if validate_components:
+        from framework.model import check_model_config
+
+        try:
+            check_model_config(resolved["model"])
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return resolved
+
+
+def _check_choices(path: Path, cfg: dict) -> None:
+    for key in ("train_questions", "eval_questions"):
+        if cfg["data"][key] not in ("all", "first"):
+            raise ConfigError(f"{path}: data.{key} must be 'all' or 'first', got {cfg['data'][key]!r}")
+    for slot in ("encoder", "llm", "projector", "mask_head"):
+        if not cfg["model"][slot]:
+            raise ConfigError(f"{path}: model.{slot} is missing (needs at least 'name')")
+
+
+def save_config(cfg: dict, path: str | Path) -> Path:
+    """Write the resolved config as YAML; ``load_config`` of that file gives back the same dict."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,95 @@
+"""The LightningDataModule: datasets by registered format, letterboxed batches, the shuffled-question control."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from framework.errors import ConfigError, DataError
+from framework.registry import DATASETS
+
+
+class ShuffledQuestions(Dataset):
+    """The same samples with questions (and answers) permuted across images by a seeded derangement:
+    no sample keeps its own question. A model that reads the question must do worse on this."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset = dataset
+        n = len(dataset)
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(n, generator=g)
+        for i in range(n):  # move fixed points: swapping with the next position keeps it a permutation
+            if perm[i] == i and n > 1:
+                j = (i + 1) % n
+                perm[i], perm[j] = perm[j].clone(), perm[i].clone()
+        self.perm = perm.tolist()
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        donor = self.dataset.samples[self.perm[index]]
+        item["question"], item["answer"] = donor.question, donor.answer
+        return item
+
+
+def build_dataset(data_cfg: dict[str, Any], split: str, questions: str) -> Dataset:
+    """The registered dataset format of ``data_cfg`` for one split."""
+    import framework.data.earthreason  # noqa: F401  (registers the built-in formats)
+
+    if not data_cfg.get("root"):
+        raise ConfigError("data.root is not set (the folder that holds the dataset)")
+    root = Path(data_cfg["root"])
+    if not root.is_dir():
+        raise DataError(f"{root}: data directory not found")
+    cls = DATASETS.get(data_cfg["format"])
+    return cls(root=str(root), split=split, image_size=data_cfg["image_size"], questions=questions)
+
+
+class ReasoningDataModule(L.LightningDataModule):
+    def __init__(self, data_cfg: dict[str, Any], seed: int = 0, shuffled_control_seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = data_cfg
+        self.seed = seed
+        self.shuffled_control_seed = shuffled_control_seed
+        self.datasets: dict[str, Dataset] = {}
+
+    def dataset(self, stage: str) -> Dataset:
+        """``train``, ``val``, ``test`` or ``test_shuffled`` (built once, on first use)."""
+        if stage not in self.datasets:
+            if stage == "test_shuffled":
+                self.datasets[stage] = ShuffledQuestions(self.dataset("test"), self.shuffled_control_seed)
+            else:
+                split = self.cfg[f"{stage}_split"]
+                questions = self.cfg["train_questions"] if stage == "train" else self.cfg["eval_questions"]
+                self.datasets[stage] = build_dataset(self.cfg, split, questions)
+        return self.datasets[stage]
+
+    def _loader(self, stage: str, train: bool) -> DataLoader:
+        workers = self.cfg["num_workers"]
+        return DataLoader(
+            self.dataset(stage),
+            batch_size=self.cfg["batch_size"] if train else self.cfg["eval_batch_size"],
+            shuffle=train,
+            drop_last=train and len(self.dataset(stage)) > self.cfg["batch_size"],
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def shuffled_test_dataloader(self) -> DataLoader:
+        return self._loader("test_shuffled", train=False)

@@ -1,0 +1,114 @@
+"""Geospatial pixel reasoning metrics, exactly as the benchmark defines them (ARCHITECTURE.md).
+
+Per sample i: I_i = |P∧G|, U_i = |P∨G|; iou_i = I_i/U_i, and 1 when U_i = 0 (empty target predicted empty).
+gIoU = mean_i iou_i; cIoU = Σ I_i / Σ U_i; Pr@t = share of samples with iou_i > t (strict).
+The counts are exact integers per sample, kept with the sample's id: under DDP, the distributed sampler's
+padding repeats samples, and a repeated id is counted once.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+PR_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def sample_counts(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
+    """Per-sample integer counts of boolean masks [B,H,W]: intersection, union, target and pred areas, and the
+    area of the valid (non-padding) region."""
+    pred, target = pred.bool(), target.bool()
+    if valid is None:
+        valid = torch.ones_like(target)
+    dims = tuple(range(1, pred.ndim))
+    return {
+        "inter": (pred & target).sum(dims).long(),
+        "union": (pred | target).sum(dims).long(),
+        "target_area": target.sum(dims).long(),
+        "pred_area": pred.sum(dims).long(),
+        "valid_area": valid.bool().sum(dims).long(),
+    }
+
+
+def iou_per_sample(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """iou_i = I_i/U_i, and exactly 1 when U_i = 0."""
+    inter, union = inter.double(), union.double()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def summarize(inter: torch.Tensor, union: torch.Tensor) -> dict[str, float]:
+    """gIoU, cIoU and Pr@t from per-sample counts."""
+    iou = iou_per_sample(inter, union)
+    total_union = union.sum().double()
+    out = {
+        "giou": iou.mean().item() if len(iou) else float("nan"),
+        "ciou": (inter.sum().double() / total_union).item() if total_union > 0 else float("nan"),
+    }
+    for t in PR_THRESHOLDS:
+        out[f"pr@{t:.1f}"] = (iou > t).double().mean().item() if len(iou) else float("nan")
+    out["n"] = int(len(iou))
+    return out
+
+
+class ReasoningSegMetrics(Metric):
+    """gIoU / cIoU / Pr@t, plus the trivial floors and empty-target accuracy of the same samples.
+
+    ``update(pred [B,H,W] bool, target [B,H,W], ids [B] long, valid [B,H,W] | None)``; ``compute()`` returns a
+    dict of floats: giou, ciou, pr@0.5…pr@0.9, n, n_empty, empty_accuracy (share of empty-target samples
+    predicted empty), and floor_empty_* / floor_full_* (always predict nothing / the whole valid image).
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("ids", "inter", "union", "target_area", "pred_area", "valid_area"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self, pred: torch.Tensor, target: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> None:
+        counts = sample_counts(pred, target, valid)
+        self.ids.append(ids.long().reshape(-1))
+        for key, value in counts.items():
+            getattr(self, key).append(value)
+
+    def _gathered(self) -> dict[str, torch.Tensor]:
+        def cat(x: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+            if isinstance(x, torch.Tensor):
+                return x
+            return torch.cat(x) if x else torch.zeros(0, dtype=torch.long, device=self.device)
+
+        data = {k: cat(getattr(self, k)) for k in ("ids", "inter", "union", "target_area", "pred_area", "valid_area")}
+        # keep the first occurrence of every id (DDP padding repeats samples)
+        order = torch.argsort(data["ids"], stable=True)
+        ids_sorted = data["ids"][order]
+        first = torch.ones_like(ids_sorted, dtype=torch.bool)
+        first[1:] = ids_sorted[1:] != ids_sorted[:-1]
+        keep = order[first]
+        return {k: v[keep] for k, v in data.items()}
+
+    def compute(self) -> dict[str, float]:
+        d = self._gathered()
+        out = summarize(d["inter"], d["union"])
+        empty = d["target_area"] == 0
+        out["n_empty"] = int(empty.sum())
+        out["empty_accuracy"] = (
+            (d["pred_area"][empty] == 0).double().mean().item() if empty.any() else float("nan")
+        )
+        zeros = torch.zeros_like(d["inter"])
+        for prefix, (inter, union) in {
+            "floor_empty": (zeros, d["target_area"]),
+            "floor_full": (d["target_area"], d["valid_area"]),
+        }.items():
+            floor = summarize(inter, union)
+            out[f"{prefix}_giou"] = floor["giou"]
+            out[f"{prefix}_ciou"] = floor["ciou"] if not torch.isnan(torch.tensor(floor["ciou"])) else 0.0
+            out[f"{prefix}_pr@0.5"] = floor["pr@0.5"]
+        return out
+
+    def per_sample(self) -> dict[str, list]:
+        """Per-sample ids, counts and IoU (deduplicated), for results files."""
+        d = self._gathered()
+        iou = iou_per_sample(d["inter"], d["union"])
+        return {**{k: v.tolist() for k, v in d.items()}, "iou": iou.tolist()}

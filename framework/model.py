@@ -1,0 +1,210 @@
+"""The assembled model: encoder → compressor → llm → projector → mask head, built from the ``model`` config.
+
+The framework owns the data flow between slots and the slot-generic options (``frozen`` on every slot,
+``level`` on the compressor); components know only their own contract (``framework.contracts``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from framework.contracts import LLMOutput
+from framework.errors import ConfigError
+from framework.registry import SLOTS
+
+# Constructor arguments the framework passes to each slot's component (a config must not set them).
+INJECTED: dict[str, tuple[str, ...]] = {
+    "encoder": (),
+    "llm": (),
+    "compressor": ("in_channels", "out_dim"),
+    "mask_head": ("in_channels", "strides"),
+    "projector": ("text_dim", "feature_channels", "feature_strides", "out_dim"),
+}
+# Slot options the framework handles itself, with their defaults.
+FRAMEWORK_KEYS: dict[str, dict[str, Any]] = {
+    "encoder": {"frozen": False},
+    "llm": {"frozen": False},
+    "compressor": {"frozen": False, "level": -1},
+    "mask_head": {"frozen": False},
+    "projector": {"frozen": False},
+}
+
+
+def _split(slot: str, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(framework options, component config) of one slot config."""
+    options = dict(FRAMEWORK_KEYS[slot])
+    component = {}
+    for key, value in cfg.items():
+        if key in options:
+            if key == "frozen" and not isinstance(value, bool):
+                raise ConfigError(f"model.{slot}.frozen: expected bool, got {value!r}")
+            if key == "level" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"model.{slot}.level: expected int, got {value!r}")
+            options[key] = value
+        else:
+            component[key] = value
+    return options, component
+
+
+def check_model_config(model_cfg: dict[str, Any]) -> None:
+    """Check every slot config against its component's signature without building anything."""
+    import components  # noqa: F401  (registers every component)
+
+    for slot, registry in SLOTS.items():
+        cfg = model_cfg.get(slot)
+        if cfg is None:
+            if slot == "compressor":
+                continue
+            raise ConfigError(f"model.{slot} is missing")
+        _, component = _split(slot, cfg)
+        registry.check(component, dict.fromkeys(INJECTED[slot]), where=f"model.{slot}")
+
+
+def freeze(module: nn.Module) -> None:
+    """No gradients for ``module``; ``SegEarthModel.train`` keeps it in eval mode too."""
+    module.requires_grad_(False)
+    module.eval()
+
+
+@dataclass
+class ModelOutput:
+    """``mask_logits`` [B,H/s,W/s] (the answer mask; Q>1 queries are combined by max = union),
+    ``aux_logits``: deep-supervision predictions of the same shape, ``lm_loss`` or None, ``output_stride`` s."""
+
+    mask_logits: torch.Tensor
+    aux_logits: list[torch.Tensor] = field(default_factory=list)
+    lm_loss: torch.Tensor | None = None
+    output_stride: int = 4
+    llm: LLMOutput | None = None
+
+
+class SegEarthModel(nn.Module):
+    """Geospatial pixel reasoning model assembled from one component per slot."""
+
+    def __init__(self, model_cfg: dict[str, Any]) -> None:
+        super().__init__()
+        import components  # noqa: F401  (registers every component)
+
+        check_model_config(model_cfg)
+        options = {}
+        built: dict[str, nn.Module | None] = {}
+        enc_opts, enc_cfg = _split("encoder", model_cfg["encoder"])
+        built["encoder"] = SLOTS["encoder"].build(enc_cfg, where="model.encoder")
+        options["encoder"] = enc_opts
+        llm_opts, llm_cfg = _split("llm", model_cfg["llm"])
+        built["llm"] = SLOTS["llm"].build(llm_cfg, where="model.llm")
+        options["llm"] = llm_opts
+        encoder, llm = built["encoder"], built["llm"]
+        n_levels = len(encoder.channels)
+        if model_cfg.get("compressor") is not None:
+            comp_opts, comp_cfg = _split("compressor", model_cfg["compressor"])
+            level = comp_opts["level"]
+            if not -n_levels <= level < n_levels:
+                raise ConfigError(f"model.compressor.level: {level} out of range for {n_levels} encoder levels")
+            built["compressor"] = SLOTS["compressor"].build(
+                comp_cfg, where="model.compressor", in_channels=encoder.channels[level], out_dim=llm.hidden_size
+            )
+            options["compressor"] = comp_opts
+            self.compressor_level = level
+        else:
+            built["compressor"] = None
+            options["compressor"] = {"frozen": False}
+            self.compressor_level = None
+        head_opts, head_cfg = _split("mask_head", model_cfg["mask_head"])
+        built["mask_head"] = SLOTS["mask_head"].build(
+            head_cfg, where="model.mask_head", in_channels=list(encoder.channels), strides=list(encoder.strides)
+        )
+        options["mask_head"] = head_opts
+        proj_opts, proj_cfg = _split("projector", model_cfg["projector"])
+        built["projector"] = SLOTS["projector"].build(
+            proj_cfg,
+            where="model.projector",
+            text_dim=llm.hidden_size,
+            feature_channels=list(encoder.channels),
+            feature_strides=list(encoder.strides),
+            out_dim=built["mask_head"].query_dim,
+        )
+        options["projector"] = proj_opts
+
+        self.encoder = encoder
+        self.compressor = built["compressor"]
+        self.llm = llm
+        self.projector = built["projector"]
+        self.mask_head = built["mask_head"]
+        self.frozen_slots = [slot for slot, opts in options.items() if opts["frozen"] and built[slot] is not None]
+        for slot in self.frozen_slots:
+            freeze(getattr(self, slot))
+
+    def slots(self) -> dict[str, nn.Module]:
+        """The built components by slot name (the compressor is absent when not configured)."""
+        named = {
+            "encoder": self.encoder,
+            "compressor": self.compressor,
+            "llm": self.llm,
+            "projector": self.projector,
+            "mask_head": self.mask_head,
+        }
+        return {k: v for k, v in named.items() if v is not None}
+
+    def train(self, mode: bool = True) -> SegEarthModel:
+        super().train(mode)
+        for slot in self.frozen_slots:
+            getattr(self, slot).eval()  # dropout / DropPath never run on a frozen part
+        return self
+
+    @property
+    def max_stride(self) -> int:
+        return max(self.encoder.strides)
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder features for images [B,3,H,W] in [0,1]; question-independent, computed once per image."""
+        h, w = images.shape[-2:]
+        if h % self.max_stride or w % self.max_stride:
+            raise ValueError(f"image size {h}x{w} is not divisible by the encoder's largest stride {self.max_stride}")
+        if "encoder" in self.frozen_slots:
+            with torch.no_grad():
+                return self.encoder(images)
+        return self.encoder(images)
+
+    def forward(
+        self,
+        images: torch.Tensor | None,
+        questions: list[str],
+        answers: list[str] | None = None,
+        features: list[torch.Tensor] | None = None,
+    ) -> ModelOutput:
+        """Mask logits for each (image, question) pair.
+
+        ``images`` [B,3,H,W] in [0,1], or precomputed ``features`` (from ``encode``) to ask new questions of
+        the same images without re-running the encoder.
+        """
+        if features is None:
+            if images is None:
+                raise ValueError("forward needs images or features")
+            features = self.encode(images)
+        if len(questions) != features[0].shape[0]:
+            raise ValueError(f"{len(questions)} questions for a batch of {features[0].shape[0]} images")
+        visual_tokens = None
+        if self.compressor is not None:
+            visual_tokens = self.compressor(features[self.compressor_level])
+        llm_out = self.llm(questions, visual_tokens, answers)
+        queries = self.projector(llm_out, features)
+        head_out = self.mask_head(features, queries)
+        combine = (lambda m: m.amax(dim=1)) if head_out.masks.shape[1] > 1 else (lambda m: m[:, 0])
+        return ModelOutput(
+            mask_logits=combine(head_out.masks),
+            aux_logits=[combine(a) for a in head_out.aux],
+            lm_loss=llm_out.lm_loss,
+            output_stride=self.mask_head.output_stride,
+            llm=llm_out,
+        )
+
+
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of [B,h,w] mask logits to ``size`` (the letterboxed input size), as the reference."""
+    return F.interpolate(logits[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]

@@ -1,0 +1,143 @@
+"""What the CLI commands do: fit, validate and test an experiment config, with run folders and MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from framework.config import save_config
+from framework.errors import ConfigError, UserError
+
+
+def _trainer_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    import inspect
+
+    import lightning as L
+
+    valid = set(inspect.signature(L.Trainer.__init__).parameters) - {"self", "logger", "callbacks", "default_root_dir"}
+    unknown = sorted(set(cfg["trainer"]) - valid)
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean {difflib.get_close_matches(k, valid, 1)[0]}?)" if difflib.get_close_matches(k, valid, 1) else k for k in unknown]
+        raise ConfigError(f"trainer: unknown Lightning Trainer argument(s): {', '.join(hints)}")
+    return dict(cfg["trainer"])
+
+
+def new_run_dir(cfg: dict[str, Any]) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg["output_dir"]) / cfg["name"]
+    run_dir = base / stamp
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base / f"{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def resolve_checkpoint(cfg: dict[str, Any], ckpt: str) -> Path:
+    """A checkpoint path, or ``best`` / ``last`` of the newest run of this experiment."""
+    if ckpt in ("best", "last"):
+        base = Path(cfg["output_dir"]) / cfg["name"]
+        runs = sorted(p for p in base.glob("*/checkpoints") if (p / f"{ckpt}.ckpt").exists()) if base.is_dir() else []
+        if not runs:
+            raise UserError(f"no '{ckpt}' checkpoint under {base}/*/checkpoints (run 'segearth fit' first)")
+        return runs[-1] / f"{ckpt}.ckpt"
+    path = Path(ckpt)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    return path
+
+
+def _seed(cfg: dict[str, Any]) -> None:
+    import lightning as L
+
+    L.seed_everything(cfg["seed"], workers=True, verbose=False)
+
+
+def fit(cfg: dict[str, Any]) -> Path:
+    """Train; returns the run folder (config.yaml, checkpoints/{best,last}.ckpt)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from framework.data.datamodule import ReasoningDataModule
+    from framework.task import SegEarthTask
+    from framework.tracking import log_run_files, make_logger
+
+    trainer_kwargs = _trainer_kwargs(cfg)
+    data = ReasoningDataModule(cfg["data"], seed=cfg["seed"])
+    data.dataset("train"), data.dataset("val")  # fail on bad data before building a model
+    run_dir = new_run_dir(cfg)
+    config_path = save_config(cfg, run_dir / "config.yaml")
+    _seed(cfg)
+    task = SegEarthTask(cfg)
+    logger = make_logger(cfg, run_dir, f"{cfg['name']}-fit")
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best", monitor="val/giou", mode="max", save_last=True
+        )
+    ]
+    if logger is not None:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    trainer = L.Trainer(
+        default_root_dir=run_dir, logger=logger if logger is not None else False, callbacks=callbacks, **trainer_kwargs
+    )
+    log_run_files(logger, cfg, [config_path])
+    started = time.time()
+    trainer.fit(task, datamodule=data)
+    (run_dir / "fit.json").write_text(
+        json.dumps({"wall_s": round(time.time() - started, 1), "val": task.results.get("val", {})}, indent=2)
+    )
+    print(f"run folder: {run_dir}")
+    return run_dir
+
+
+def evaluate(cfg: dict[str, Any], ckpt: str | None, stage: str = "test", out: str | None = None) -> dict:
+    """``validate`` or ``test`` a checkpoint; ``test`` also runs the shuffled-question control (config
+    ``eval.shuffled_control``) and writes results.json + results.md."""
+    import lightning as L
+    import torch
+
+    from framework.data.datamodule import ReasoningDataModule
+    from framework.report import results_table
+    from framework.task import SegEarthTask
+    from framework.tracking import log_run_files, make_logger
+
+    trainer_kwargs = {k: v for k, v in _trainer_kwargs(cfg).items() if k in ("accelerator", "devices", "precision")}
+    data = ReasoningDataModule(cfg["data"], seed=cfg["seed"], shuffled_control_seed=cfg["eval"]["shuffle_seed"])
+    data.dataset(stage if stage == "test" else "val")
+    _seed(cfg)
+    task = SegEarthTask(cfg)
+    ckpt_path = resolve_checkpoint(cfg, ckpt) if ckpt else None
+    if ckpt_path is not None:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        task.on_load_checkpoint(checkpoint)
+        task.load_state_dict(checkpoint["state_dict"])
+    out_dir = Path(out) if out else (ckpt_path.parent.parent if ckpt_path else new_run_dir(cfg))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logger = make_logger(cfg, out_dir, f"{cfg['name']}-{stage}")
+    trainer = L.Trainer(logger=logger if logger is not None else False, enable_checkpointing=False, **trainer_kwargs)
+    started = time.time()
+    if stage == "validate":
+        trainer.validate(task, dataloaders=data.val_dataloader(), verbose=False)
+        results = {"val": task.results["val"]}
+    else:
+        trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)
+        if cfg["eval"]["shuffled_control"]:
+            task.test_prefix = "test_shuffled"
+            trainer.test(task, dataloaders=data.shuffled_test_dataloader(), verbose=False)
+        results = dict(task.results)
+    results["wall_s"] = round(time.time() - started, 1)
+    results["checkpoint"] = str(ckpt_path) if ckpt_path else None
+    json_path = out_dir / f"results_{stage}.json" if stage != "test" else out_dir / "results.json"
+    json_path.write_text(json.dumps(results, indent=2))
+    table = results_table(results, cfg)
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(table + "\n")
+    print(table)
+    print(f"results: {json_path}")
+    log_run_files(logger, cfg, [json_path, md_path])
+    return results

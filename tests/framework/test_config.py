@@ -1,0 +1,113 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from framework.config import load_config, save_config
+from framework.errors import ConfigError
+
+BASE = """
+name: base
+model:
+  encoder: {name: efficientnet_lite, variant: 0, pretrained: false}
+  llm: {name: hf_causal_lm, config: {model_type: llama, hidden_size: 32}, tokenizer: byte}
+  projector: {name: mlp}
+  mask_head: {name: fpn, dim: 16}
+data: {root: /tmp/x, image_size: 64, batch_size: 2}
+trainer: {max_epochs: 3}
+optim: {lr: 0.001}
+"""
+
+
+def write(tmp: Path, name: str, text: str) -> Path:
+    path = tmp / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def load(path, overrides=None):
+    return load_config(path, overrides, validate_components=False)
+
+
+def test_base_inheritance_deep_merge_and_list_replacement(tmp_path):
+    write(tmp_path, "base/b.yaml", BASE + "optim: {betas: [0.8, 0.9], lr: 0.001}\n")
+    child = write(
+        tmp_path,
+        "exp/child.yaml",
+        "base: ../base/b.yaml\nname: child\nmodel: {mask_head: {dim: 32}}\noptim: {betas: [0.5, 0.6]}\n",
+    )
+    cfg = load(child)
+    assert cfg["name"] == "child"
+    assert cfg["model"]["mask_head"] == {"name": "fpn", "dim": 32}  # deep merge keeps name
+    assert cfg["optim"]["betas"] == [0.5, 0.6]  # lists replaced
+    assert cfg["optim"]["lr"] == 0.001
+    assert cfg["trainer"]["max_epochs"] == 3
+    assert "base" not in cfg
+
+
+def test_dotted_overrides_and_interpolation(tmp_path):
+    path = write(tmp_path, "a.yaml", BASE + "seed: 3\noutput_dir: runs/${name}-${seed}\n")
+    cfg = load(path, ["model.mask_head.dim=64", "trainer.max_epochs=1", "name=over"])
+    assert cfg["model"]["mask_head"]["dim"] == 64
+    assert cfg["trainer"]["max_epochs"] == 1
+    assert cfg["output_dir"] == "runs/over-3"
+
+
+def test_schema_defaults_are_filled(tmp_path):
+    cfg = load(write(tmp_path, "a.yaml", BASE))
+    assert cfg["loss"]["bce_weight"] == 5.0 and cfg["loss"]["num_points"] == 12544
+    assert cfg["optim"]["warmup_ratio"] == 0.03
+
+
+def test_unknown_top_level_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown top-level key 'trainr'.*did you mean 'trainer'"):
+        load(write(tmp_path, "a.yaml", BASE + "trainr: {}\n"))
+
+
+def test_unknown_nested_key_and_wrong_type_name_file_and_key(tmp_path):
+    path = write(tmp_path, "a.yaml", BASE + "data: {imge_size: 3}\n")
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert str(path.resolve()) in str(err.value) or str(path) in str(err.value)
+    assert "imge_size" in str(err.value)
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load(write(tmp_path, "b.yaml", BASE + "data: {batch_size: many}\n"))
+
+
+def test_malformed_yaml_reports_file_and_line(tmp_path):
+    path = write(tmp_path, "bad.yaml", "name: x\nmodel:\n  encoder: {name: a\n  llm: b\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml:\d+: malformed YAML"):
+        load(path)
+
+
+def test_base_cycle(tmp_path):
+    write(tmp_path, "a.yaml", "base: b.yaml\nname: a\n")
+    write(tmp_path, "b.yaml", "base: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load(tmp_path / "a.yaml")
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load(write(tmp_path, "a.yaml", BASE), ["trainer.max_epochs"])
+
+
+def test_saved_resolved_config_round_trips(tmp_path):
+    write(tmp_path, "base.yaml", BASE)
+    child = write(tmp_path, "c.yaml", "base: base.yaml\noutput_dir: out/${name}\n")
+    cfg = load(child, ["optim.lr=0.5"])
+    saved = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert "${" not in saved.read_text()
+    assert yaml.safe_load(saved.read_text())["optim"]["lr"] == 0.5
+    assert load(saved) == cfg
+
+
+def test_component_validation_at_load_time(tmp_path):
+    path = write(tmp_path, "a.yaml", BASE)
+    with pytest.raises(ConfigError, match="unknown projector 'mlpp'.*did you mean 'mlp'"):
+        load_config(path, ["model.projector.name=mlpp"])
+    with pytest.raises(ConfigError, match="model.mask_head.dimm: unknown parameter"):
+        load_config(path, ["+model.mask_head.dimm=3"] if False else ["model.mask_head.dimm=3"])

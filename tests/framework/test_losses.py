@@ -1,0 +1,53 @@
+import torch
+
+from framework.losses import dice_loss, mask_loss, point_sample, sample_uncertain_points
+
+
+def test_point_sample_reads_pixel_centres():
+    maps = torch.arange(16.0).reshape(1, 4, 4)
+    pts = torch.tensor([[[0.125, 0.125], [0.875, 0.375]]])  # centres of (0,0) and (row 1, col 3)
+    assert point_sample(maps, pts).tolist() == [[0.0, 7.0]]
+
+
+def test_uncertain_points_favour_the_boundary():
+    logits = torch.full((1, 32, 32), -10.0)
+    logits[:, :, 16:] = 10.0
+    logits[:, :, 15:17] = 0.0
+    torch.manual_seed(0)
+    pts = sample_uncertain_points(logits, num_points=200, oversample_ratio=20, importance_ratio=0.75)
+    assert pts.shape == (1, 200, 2)
+    near = ((pts[0, :150, 0] - 0.5).abs() < 0.07).float().mean()
+    uniform = ((pts[0, 150:, 0] - 0.5).abs() < 0.07).float().mean()
+    assert near > 0.95 and uniform < 0.5
+
+
+def test_empty_target_predicted_empty_costs_almost_nothing():
+    target = torch.zeros(2, 16, 16)
+    confident_empty = torch.full((2, 4, 4), -20.0)
+    bce, dice = mask_loss(confident_empty, target, point_sampled=False)
+    assert bce < 1e-6 and dice < 1e-6
+    bce_p, dice_p = mask_loss(torch.full((2, 4, 4), 5.0), target, point_sampled=True, num_points=64)
+    assert bce_p > 1 and dice_p > 0.9
+
+
+def test_loss_decreases_toward_the_target():
+    target = torch.zeros(1, 16, 16)
+    target[:, 4:12, 4:12] = 1
+    logits = torch.zeros(1, 16, 16, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.5)
+    losses = []
+    for _ in range(30):
+        bce, dice = mask_loss(logits, target, point_sampled=False)
+        loss = bce + dice
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_dice_perfect_prediction():
+    t = torch.zeros(1, 8)
+    t[0, :4] = 1
+    logits = (t * 2 - 1) * 50
+    assert dice_loss(logits, t) < 1e-6

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from framework.metrics import PR_THRESHOLDS, ReasoningSegMetrics, iou_per_sample
+
+
+def numpy_reference(preds: np.ndarray, targets: np.ndarray) -> dict:
+    """The benchmark formulas, written directly."""
+    ious, inters, unions = [], [], []
+    for p, g in zip(preds, targets):
+        i = np.logical_and(p, g).sum()
+        u = np.logical_or(p, g).sum()
+        ious.append(1.0 if u == 0 else i / u)
+        inters.append(i)
+        unions.append(u)
+    ious = np.array(ious)
+    out = {"giou": ious.mean(), "ciou": np.sum(inters) / np.sum(unions)}
+    for t in PR_THRESHOLDS:
+        out[f"pr@{t:.1f}"] = np.mean(ious > t)
+    return out
+
+
+def test_matches_numpy_on_thousands_of_random_masks():
+    rng = np.random.default_rng(0)
+    n, h, w = 3000, 12, 10
+    density = rng.uniform(0, 1, size=(n, 1, 1))
+    preds = rng.uniform(size=(n, h, w)) < density
+    targets = rng.uniform(size=(n, h, w)) < rng.uniform(0, 1, size=(n, 1, 1))
+    targets[::7] = False  # empty targets
+    preds[::14] = False  # some of them predicted empty
+    metric = ReasoningSegMetrics()
+    for start in range(0, n, 256):
+        sl = slice(start, start + 256)
+        metric.update(torch.from_numpy(preds[sl]), torch.from_numpy(targets[sl]), torch.arange(n)[sl])
+    got = metric.compute()
+    want = numpy_reference(preds, targets)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    assert got["n"] == n
+
+
+def test_hand_computed_cases():
+    p = torch.zeros(4, 2, 2, dtype=torch.bool)
+    g = torch.zeros(4, 2, 2, dtype=torch.bool)
+    # 0: empty target predicted empty -> 1; 1: empty target, 1 FP pixel -> 0
+    p[1, 0, 0] = True
+    # 2: target 2 px, prediction 1 of them -> 0.5; 3: target 1 px, pred 4 px -> 0.25
+    g[2, 0] = True
+    p[2, 0, 0] = True
+    g[3, 1, 1] = True
+    p[3] = True
+    m = ReasoningSegMetrics()
+    m.update(p, g, torch.arange(4))
+    r = m.compute()
+    assert r["giou"] == pytest.approx((1 + 0 + 0.5 + 0.25) / 4)
+    assert r["ciou"] == pytest.approx((0 + 0 + 1 + 1) / (0 + 1 + 2 + 4))
+    assert r["pr@0.5"] == pytest.approx(0.25)  # strict >: 0.5 does not count
+    assert r["n_empty"] == 2 and r["empty_accuracy"] == pytest.approx(0.5)
+    # floors: always-empty gets the two empty targets right; whole image gets |G|/4
+    assert r["floor_empty_giou"] == pytest.approx(0.5) and r["floor_empty_ciou"] == 0
+    assert r["floor_full_giou"] == pytest.approx((0 + 0 + 0.5 + 0.25) / 4)
+    assert r["floor_full_ciou"] == pytest.approx(3 / 16)
+
+
+def test_repeated_ids_count_once():
+    """DDP's sampler pads by repeating samples; a repeated id must not count twice."""
+    p = torch.zeros(3, 2, 2, dtype=torch.bool)
+    g = torch.ones(3, 2, 2, dtype=torch.bool)
+    p[0] = True
+    m = ReasoningSegMetrics()
+    m.update(p, g, torch.tensor([0, 1, 2]))
+    m.update(p[:1], g[:1], torch.tensor([0]))
+    r = m.compute()
+    assert r["n"] == 3 and r["giou"] == pytest.approx(1 / 3)
+
+
+def test_valid_region_sets_the_whole_image_floor():
+    g = torch.zeros(1, 4, 4, dtype=torch.bool)
+    g[0, 1, 1] = True
+    valid = torch.zeros(1, 4, 4, dtype=torch.bool)
+    valid[0, :2] = True
+    m = ReasoningSegMetrics()
+    m.update(g.clone(), g, torch.tensor([0]), valid)
+    assert m.compute()["floor_full_giou"] == pytest.approx(1 / 8)
+
+
+def test_iou_per_sample_empty_union_is_one():
+    assert iou_per_sample(torch.tensor([0, 1]), torch.tensor([0, 2])).tolist() == [1.0, 0.5]
