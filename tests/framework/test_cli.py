@@ -1,0 +1,126 @@
+"""The real `segearth` CLI, end to end on a tiny config in a temp dir, and its answers to bad input."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from framework.cli import main
+from tests.tiny import tiny_config, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    assert main(["data", "synth", "--out", str(root), "--n", "8", "--seed", "1", "--image-size", "64"]) == 0
+    return root
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "framework.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
+
+
+def test_help_of_every_command(capsys):
+    for args in (["--help"], ["fit", "--help"], ["test", "--help"], ["validate", "--help"], ["data", "synth", "--help"], ["components", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(args)
+        assert exit_.value.code == 0
+    assert "--ckpt" in capsys.readouterr().out
+
+
+def test_components_lists_every_slot(capsys):
+    assert main(["components"]) == 0
+    out = capsys.readouterr().out
+    for slot in ("encoder:", "compressor:", "llm:", "projector:", "mask_head:", "dataset:"):
+        assert slot in out
+    assert "efficientnet_lite" in out and "variant: int = 0" in out
+
+
+@pytest.mark.slow
+def test_fit_then_test_end_to_end(tmp_path, synth_root, mlflow_uri):
+    cfg = tiny_config(data={"root": str(synth_root)}, output_dir=str(tmp_path / "runs"))
+    cfg["tracking"] = {"experiment": "cli-e2e"}
+    path = write_config(tmp_path / "tiny.yaml", cfg)
+    assert main(["fit", str(path), "trainer.max_steps=2"]) == 0
+    runs = list((tmp_path / "runs" / "tiny").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["trainer"]["max_steps"] == 2 and saved["model"]["encoder"]["name"] == "efficientnet_lite"
+    assert (run / "checkpoints" / "last.ckpt").exists() and (run / "checkpoints" / "best.ckpt").exists()
+
+    assert main(["test", str(path), "--ckpt", "best"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    metrics = results["test"]["metrics"]
+    assert metrics["n"] == len(list((synth_root / "test" / "QAs").iterdir()))
+    assert 0 <= metrics["giou"] <= 1 and "test_shuffled" in results
+    assert "floor: always predict empty" in (run / "results.md").read_text()
+
+    client = mlflow.MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("cli-e2e")
+    fit_run = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'tiny-fit'")[0]
+    assert fit_run.data.params["model.encoder.name"] == "efficientnet_lite"
+    assert "train/loss_step" in fit_run.data.metrics or "train/loss_epoch" in fit_run.data.metrics
+    artifacts = [a.path for a in client.list_artifacts(fit_run.info.run_id)]
+    assert "config.yaml" in artifacts
+
+
+BAD_INPUTS = {
+    "malformed_yaml": ("name: x\nmodel: {encoder: [\n", r"bad\.yaml:\d+: malformed YAML"),
+    "unknown_component": (None, "unknown encoder 'efficientnet_lyte'"),
+    "unknown_key": (None, "unknown top-level key 'modle'"),
+    "wrong_type": (None, "data.image_size"),
+    "missing_data_dir": (None, "data directory not found"),
+    "base_cycle": ("base: bad.yaml\nname: x\n", "cycle"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line(case, tmp_path):
+    text, expected = BAD_INPUTS[case]
+    cfg = tiny_config(data={"root": str(tmp_path / "nowhere")})
+    if case == "unknown_component":
+        cfg["model"]["encoder"]["name"] = "efficientnet_lyte"
+    elif case == "unknown_key":
+        cfg["modle"] = {}
+    elif case == "wrong_type":
+        cfg["data"]["image_size"] = "big"
+    path = tmp_path / "bad.yaml"
+    if text is None:
+        write_config(path, cfg)
+    else:
+        path.write_text(text)
+    result = run_cli(["fit", str(path)], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("segearth: error:"), result.stderr
+    assert re.search(expected, lines[0]), lines[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+def test_bug_keeps_its_traceback(monkeypatch):
+    """A programming error is not dressed up as a user error: main lets it through with its traceback."""
+    import framework.cli as cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_components", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["components"])

@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from framework.errors import ConfigError
+from framework.model import SegEarthModel
+from tests.tiny import TINY_LLM, tiny_config
+
+
+def tiny_model(**model_overrides) -> SegEarthModel:
+    cfg = tiny_config()["model"]
+    cfg.update(model_overrides)
+    torch.manual_seed(0)
+    return SegEarthModel(cfg)
+
+
+def test_forward_shapes_and_stride():
+    model = tiny_model()
+    out = model(torch.rand(2, 3, 64, 64), ["where is water?", "which roads?"])
+    assert out.mask_logits.shape == (2, 16, 16) and out.output_stride == 4
+    assert all(a.shape == (2, 16, 16) for a in out.aux_logits)
+    assert torch.isfinite(out.mask_logits).all()
+
+
+def test_frozen_slot_gets_no_gradient_and_stays_in_eval_mode():
+    enc = {"name": "efficientnet_lite", "variant": 0, "pretrained": False, "frozen": True}
+    model = tiny_model(encoder=enc)
+    model.train()
+    assert not model.encoder.training and model.mask_head.training
+    out = model(torch.rand(2, 3, 64, 64), ["a", "b"])
+    out.mask_logits.sum().backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert all(not p.requires_grad for p in model.encoder.parameters())
+    assert any(p.grad is not None for p in model.mask_head.parameters())
+
+
+def test_encoder_runs_once_per_forward_with_a_compressor():
+    llm = dict(TINY_LLM, template="<image> Question: <question>[SEG]")
+    model = tiny_model(compressor={"name": "conv_stride", "ratio": 4, "level": -1}, llm=llm)
+    calls = []
+    model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    model(torch.rand(1, 3, 64, 64), ["q"])
+    assert len(calls) == 1
+
+
+def test_features_can_be_reused_for_new_questions():
+    model = tiny_model().eval()
+    images = torch.rand(1, 3, 64, 64)
+    feats = model.encode(images)
+    with torch.no_grad():
+        a = model(images, ["where is water?"]).mask_logits
+        b = model(None, ["where is water?"], features=feats).mask_logits
+    torch.testing.assert_close(a, b)
+
+
+def test_config_errors_at_assembly():
+    with pytest.raises(ConfigError, match="level"):
+        tiny_model(compressor={"name": "conv_stride", "ratio": 4, "level": 7})
+    with pytest.raises(ConfigError, match="frozen"):
+        tiny_model(projector={"name": "mlp", "frozen": "yes"})
+
+
+def test_image_size_must_fit_the_strides():
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_model()(torch.rand(1, 3, 60, 60), ["q"])
