@@ -1,0 +1,110 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from framework.data.datamodule import ShuffledQuestions
+from framework.data.earthreason import NO_TARGET_ANSWER, EarthReasonDataset
+from framework.data.transforms import box_mask, letterbox_geometry
+from framework.errors import DataError
+
+
+def write_sample(root: Path, stem: str, size=(40, 30), questions=("q1?", "q2?"), answer=("a",), fill=True):
+    split = root / "train"
+    for d in ("images", "labels", "QAs"):
+        (split / d).mkdir(parents=True, exist_ok=True)
+    w, h = size
+    Image.fromarray(np.full((h, w, 3), 120, np.uint8)).save(split / "images" / f"{stem}.jpg")
+    label = np.zeros((h, w), np.uint8)
+    if fill:
+        label[: h // 2] = 255
+    Image.fromarray(label).save(split / "labels" / f"{stem}.png")
+    (split / "QAs" / f"{stem}.json").write_text(json.dumps({"questions": list(questions), "answer": list(answer)}))
+
+
+def test_pairs_by_stem_and_uses_every_question(tmp_path):
+    write_sample(tmp_path, "b")
+    write_sample(tmp_path, "a", questions=("only?",))
+    ds = EarthReasonDataset(str(tmp_path), "train", image_size=32, questions="all")
+    assert [(s.stem, s.question) for s in ds.samples] == [("a", "only?"), ("b", "q1?"), ("b", "q2?")]
+    first = EarthReasonDataset(str(tmp_path), "train", image_size=32, questions="first")
+    assert [s.question for s in first.samples] == ["only?", "q1?"]
+    item = ds[1]
+    assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (32, 32)
+    assert item["mask"].max() == 1 and item["answer"] == "a"
+
+
+def test_unpaired_stems_are_reported_not_misaligned(tmp_path):
+    write_sample(tmp_path, "a")
+    write_sample(tmp_path, "b")
+    (tmp_path / "train" / "labels" / "a.png").unlink()
+    with pytest.raises(DataError, match=r"1 stems lack a partner: a \(missing label\)"):
+        EarthReasonDataset(str(tmp_path), "train", image_size=32)
+
+
+def test_empty_answer_means_no_target_and_the_label_is_checked(tmp_path):
+    write_sample(tmp_path, "a", answer=(), fill=False)
+    ds = EarthReasonDataset(str(tmp_path), "train", image_size=32)
+    assert ds.samples[0].answer == NO_TARGET_ANSWER and ds[0]["mask"].sum() == 0
+    write_sample(tmp_path, "b", answer=(), fill=True)
+    ds = EarthReasonDataset(str(tmp_path), "train", image_size=32)
+    with pytest.raises(DataError, match="label is not empty"):
+        ds[len(ds) - 1]
+
+
+def test_label_of_another_size(tmp_path):
+    write_sample(tmp_path, "a")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "train" / "labels" / "a.png")
+    with pytest.raises(DataError, match="label is 5x5, image is 40x30"):
+        EarthReasonDataset(str(tmp_path), "train", image_size=32)[0]
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"{not json", "invalid JSON"),
+        (b'{"answer": []}', "'questions' must be"),
+        (b'{"questions": ["q"], "answer": "x"}', "'answer' must be a list"),
+        (b"\xff\xfe\x00bad", "not UTF-8"),
+    ],
+)
+def test_bad_qa_files_name_the_file(tmp_path, content, message):
+    write_sample(tmp_path, "a")
+    (tmp_path / "train" / "QAs" / "a.json").write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        EarthReasonDataset(str(tmp_path), "train", image_size=32)
+    assert "a.json" in str(err.value)
+
+
+def test_corrupt_image_names_the_file(tmp_path):
+    write_sample(tmp_path, "a")
+    (tmp_path / "train" / "images" / "a.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(DataError, match="a.jpg"):
+        EarthReasonDataset(str(tmp_path), "train", image_size=32)[0]
+
+
+def test_missing_split(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        EarthReasonDataset(str(tmp_path), "val", image_size=32)
+
+
+def test_letterbox_geometry_and_box_mask():
+    assert letterbox_geometry(30, 40, 32) == (4, 0, 24, 32)  # short side truncated, centred
+    assert letterbox_geometry(40, 30, 32) == (0, 4, 32, 24)
+    m = box_mask(torch.tensor([[4, 0, 24, 32]]), 32)
+    assert m.sum() == 24 * 32 and not m[0, 3].any() and m[0, 4].all()
+
+
+def test_shuffled_questions_is_a_derangement(tmp_path):
+    for i in range(5):
+        write_sample(tmp_path, f"s{i}", questions=(f"question {i}?",), answer=(f"answer {i}",))
+    ds = EarthReasonDataset(str(tmp_path), "train", image_size=32)
+    shuffled = ShuffledQuestions(ds, seed=3)
+    assert sorted(shuffled.perm) == list(range(5))
+    for i in range(5):
+        item = shuffled[i]
+        assert item["question"] != ds.samples[i].question and item["stem"] == ds.samples[i].stem
+        assert item["answer"] == f"answer {item['question'].split()[1][:-1]}"
