@@ -50,9 +50,14 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
 
     from framework.data.synth import write_synthetic_dataset
 
-    if args.n < 3:
-        raise UserError("--n must be at least 3 (one scene per split)")
-    counts = write_synthetic_dataset(Path(args.out), n=args.n, seed=args.seed, image_size=args.image_size)
+    counts = write_synthetic_dataset(
+        Path(args.out),
+        n=args.n,
+        seed=args.seed,
+        image_size=args.image_size,
+        samples_per_scene=args.samples_per_scene,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n} samples" for split, n in counts.items()))
 
 
@@ -100,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=600, help="number of scenes over all splits (default 600)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--image-size", type=int, default=256)
+    s.add_argument("--samples-per-scene", type=int, default=3, help="questions asked of each scene (default 3)")
+    s.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     s.set_defaults(func=cmd_data_synth)
 
     p = sub.add_parser(

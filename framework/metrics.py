@@ -45,7 +45,7 @@ def summarize(inter: torch.Tensor, union: torch.Tensor) -> dict[str, float]:
         "ciou": (inter.sum().double() / total_union).item() if total_union > 0 else float("nan"),
     }
     for t in PR_THRESHOLDS:
-        out[f"pr@{t:.1f}"] = (iou > t).double().mean().item() if len(iou) else float("nan")
+        out[f"pr_{t:.1f}"] = (iou > t).double().mean().item() if len(iou) else float("nan")
     out["n"] = int(len(iou))
     return out
 
@@ -54,7 +54,7 @@ class ReasoningSegMetrics(Metric):
     """gIoU / cIoU / Pr@t, plus the trivial floors and empty-target accuracy of the same samples.
 
     ``update(pred [B,H,W] bool, target [B,H,W], ids [B] long, valid [B,H,W] | None)``; ``compute()`` returns a
-    dict of floats: giou, ciou, pr@0.5…pr@0.9, n, n_empty, empty_accuracy (share of empty-target samples
+    dict of floats: giou, ciou, pr_0.5…pr_0.9, n, n_empty, empty_accuracy (share of empty-target samples
     predicted empty), and floor_empty_* / floor_full_* (always predict nothing / the whole valid image).
     """
 
@@ -104,7 +104,7 @@ class ReasoningSegMetrics(Metric):
             floor = summarize(inter, union)
             out[f"{prefix}_giou"] = floor["giou"]
             out[f"{prefix}_ciou"] = floor["ciou"] if not torch.isnan(torch.tensor(floor["ciou"])) else 0.0
-            out[f"{prefix}_pr@0.5"] = floor["pr@0.5"]
+            out[f"{prefix}_pr_0.5"] = floor["pr_0.5"]
         return out
 
     def per_sample(self) -> dict[str, list]:

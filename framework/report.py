@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-COLUMNS = ("giou", "ciou", "pr@0.5")
+COLUMNS = ("giou", "ciou", "pr_0.5")
 
 
 def _fmt(value: Any) -> str:

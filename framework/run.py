@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,10 @@ def fit(cfg: dict[str, Any]) -> Path:
     )
     log_run_files(logger, cfg, [config_path])
     started = time.time()
-    trainer.fit(task, datamodule=data)
+    with warnings.catch_warnings():
+        # frozen slots are kept in eval mode on purpose (no dropout / DropPath on a frozen part)
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        trainer.fit(task, datamodule=data)
     (run_dir / "fit.json").write_text(
         json.dumps({"wall_s": round(time.time() - started, 1), "val": task.results.get("val", {})}, indent=2)
     )

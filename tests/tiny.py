@@ -39,7 +39,8 @@ TINY = {
     "loss": {"point_sample": False},
     "optim": {"lr": 1e-3},
     "trainer": {
-        "max_steps": 3,
+        "max_epochs": 1,
+        "limit_train_batches": 3,
         "accelerator": "cpu",
         "devices": 1,
         "num_sanity_val_steps": 0,

@@ -56,12 +56,12 @@ def test_fit_then_test_end_to_end(tmp_path, synth_root, mlflow_uri):
     cfg = tiny_config(data={"root": str(synth_root)}, output_dir=str(tmp_path / "runs"))
     cfg["tracking"] = {"experiment": "cli-e2e"}
     path = write_config(tmp_path / "tiny.yaml", cfg)
-    assert main(["fit", str(path), "trainer.max_steps=2"]) == 0
+    assert main(["fit", str(path), "trainer.limit_train_batches=2"]) == 0
     runs = list((tmp_path / "runs" / "tiny").iterdir())
     assert len(runs) == 1
     run = runs[0]
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["trainer"]["max_steps"] == 2 and saved["model"]["encoder"]["name"] == "efficientnet_lite"
+    assert saved["trainer"]["limit_train_batches"] == 2 and saved["model"]["encoder"]["name"] == "efficientnet_lite"
     assert (run / "checkpoints" / "last.ckpt").exists() and (run / "checkpoints" / "best.ckpt").exists()
 
     assert main(["test", str(path), "--ckpt", "best"]) == 0

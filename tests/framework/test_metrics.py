@@ -17,7 +17,7 @@ def numpy_reference(preds: np.ndarray, targets: np.ndarray) -> dict:
     ious = np.array(ious)
     out = {"giou": ious.mean(), "ciou": np.sum(inters) / np.sum(unions)}
     for t in PR_THRESHOLDS:
-        out[f"pr@{t:.1f}"] = np.mean(ious > t)
+        out[f"pr_{t:.1f}"] = np.mean(ious > t)
     return out
 
 
@@ -55,7 +55,7 @@ def test_hand_computed_cases():
     r = m.compute()
     assert r["giou"] == pytest.approx((1 + 0 + 0.5 + 0.25) / 4)
     assert r["ciou"] == pytest.approx((0 + 0 + 1 + 1) / (0 + 1 + 2 + 4))
-    assert r["pr@0.5"] == pytest.approx(0.25)  # strict >: 0.5 does not count
+    assert r["pr_0.5"] == pytest.approx(0.25)  # strict >: 0.5 does not count
     assert r["n_empty"] == 2 and r["empty_accuracy"] == pytest.approx(0.5)
     # floors: always-empty gets the two empty targets right; whole image gets |G|/4
     assert r["floor_empty_giou"] == pytest.approx(0.5) and r["floor_empty_ciou"] == 0

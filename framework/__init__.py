@@ -1,0 +1,1 @@
+"""segearth: geospatial pixel reasoning as a framework of swappable, registered components."""

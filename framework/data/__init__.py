@@ -1,0 +1,1 @@
+"""Datasets: on-disk formats, the synthetic demo scene generator, transforms and the datamodule."""

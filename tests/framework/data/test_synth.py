@@ -1,0 +1,212 @@
+"""The synthetic EarthReason writer: exact layout and formats, determinism, label/answer consistency,
+sample mix, relational definitions and split-disjoint phrasings."""
+
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from framework.data import synth
+from framework.data.synth import (
+    CLASS_CONCEPTS,
+    CONCEPTS,
+    PHRASINGS,
+    RELATIONAL_CONCEPTS,
+    SPLITS,
+    split_sizes,
+    write_synthetic_dataset,
+)
+from framework.errors import DataError
+
+SIZE = 128
+SCENES = 100  # 300 samples: enough to pin the shares of no-target and relational questions
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, dict[str, int]]:
+    out = tmp_path_factory.mktemp("synth")
+    return out, write_synthetic_dataset(out, n=SCENES, seed=3, image_size=SIZE)
+
+
+def _samples(out: Path):
+    """Yields (split, stem, qa, label as (S, S) uint8) for every sample written under ``out``."""
+    for split in SPLITS:
+        for qa_path in sorted((out / split / "QAs").iterdir()):
+            label = np.asarray(Image.open(out / split / "labels" / f"{qa_path.stem}.png"))
+            yield split, qa_path.stem, json.loads(qa_path.read_text(encoding="utf-8")), label
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_layout_file_formats_and_stem_pairing(dataset):
+    out, counts = dataset
+    assert sorted(p.name for p in out.iterdir()) == sorted(SPLITS)
+    jpeg_q95 = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(jpeg_q95, format="JPEG", quality=95)
+    q95_tables = Image.open(jpeg_q95).quantization
+    for split in SPLITS:
+        folder = out / split
+        assert sorted(p.name for p in folder.iterdir()) == ["QAs", "images", "labels"]
+        stems = {sub: sorted(p.stem for p in (folder / sub).iterdir()) for sub in ("images", "labels", "QAs")}
+        assert stems["images"] == stems["labels"] == stems["QAs"]
+        assert len(stems["images"]) == counts[split] > 0
+        assert {p.suffix for p in (folder / "images").iterdir()} == {".jpg"}
+        assert {p.suffix for p in (folder / "labels").iterdir()} == {".png"}
+        assert {p.suffix for p in (folder / "QAs").iterdir()} == {".json"}
+        for stem in stems["images"][:6]:
+            image = Image.open(folder / "images" / f"{stem}.jpg")
+            assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (SIZE, SIZE))
+            assert image.quantization == q95_tables
+            label = Image.open(folder / "labels" / f"{stem}.png")
+            assert (label.format, label.mode, label.size) == ("PNG", "L", (SIZE, SIZE))
+            scene, k = stem.split("_")
+            assert len(scene) == 5 and scene.isdigit() and k.isdigit()
+    for _, stem, qa, label in _samples(out):
+        assert set(qa) == {"questions", "answer", "concept", "scene"}
+        assert 3 <= len(qa["questions"]) <= 5 and len(set(qa["questions"])) == len(qa["questions"])
+        assert all(isinstance(q, str) and q for q in qa["questions"])
+        assert isinstance(qa["answer"], list) and len(qa["answer"]) <= 1
+        assert all(isinstance(a, str) and a.endswith(".") for a in qa["answer"])
+        assert qa["concept"] in CONCEPTS
+        assert qa["scene"] == int(stem.split("_")[0])
+        assert set(np.unique(label)) <= {0, 255}
+
+
+def test_scenes_split_70_15_15_without_sharing(dataset):
+    out, _ = dataset
+    scenes = defaultdict(set)
+    for split, _, qa, _ in _samples(out):
+        scenes[split].add(qa["scene"])
+    assert {split: len(s) for split, s in scenes.items()} == split_sizes(SCENES) == {"train": 70, "val": 15, "test": 15}
+    assert not (scenes["train"] & scenes["val"] or scenes["train"] & scenes["test"] or scenes["val"] & scenes["test"])
+    assert split_sizes(3) == {"train": 1, "val": 1, "test": 1}
+
+
+def test_answer_and_label_agree(dataset):
+    out, _ = dataset
+    for _, _, qa, label in _samples(out):
+        if qa["answer"]:
+            assert label.any(), qa
+        else:
+            assert not label.any(), qa
+            assert qa["concept"] in CLASS_CONCEPTS  # only absent classes are asked without a target
+
+
+def test_shares_of_no_target_and_relational_questions(dataset):
+    out, _ = dataset
+    samples = list(_samples(out))
+    no_target = sum(not qa["answer"] for _, _, qa, _ in samples) / len(samples)
+    relational = sum(qa["concept"] in RELATIONAL_CONCEPTS for _, _, qa, _ in samples) / len(samples)
+    assert 0.05 <= no_target <= 0.16
+    assert 0.18 <= relational <= 0.32
+    assert {qa["concept"] for _, _, qa, _ in samples} == set(CONCEPTS)
+
+
+def test_a_scene_is_asked_different_concepts_with_different_masks(dataset):
+    out, _ = dataset
+    by_scene = defaultdict(list)
+    for _, _, qa, label in _samples(out):
+        by_scene[qa["scene"]].append((qa["concept"], label.tobytes()))
+    for samples in by_scene.values():
+        concepts = [c for c, _ in samples]
+        assert len(concepts) == len(set(concepts))
+    varied = sum(len({m for _, m in samples}) >= 2 for samples in by_scene.values())
+    assert varied >= 0.9 * len(by_scene)
+
+
+def test_phrasing_pools_are_large_and_disjoint():
+    assert set(PHRASINGS) == set(CONCEPTS)
+    everything = []
+    for concept, pools in PHRASINGS.items():
+        assert set(pools) == set(SPLITS)
+        assert len(pools["train"]) >= 10 and len(pools["val"]) >= 3 and len(pools["test"]) >= 3, concept
+        for pool in pools.values():
+            assert len(set(pool)) == len(pool)
+            everything += pool
+    assert len(set(everything)) == len(everything)  # disjoint across splits and across concepts
+
+
+def test_questions_come_from_their_split_pool_only(dataset):
+    out, _ = dataset
+    asked = defaultdict(set)
+    for split, _, qa, _ in _samples(out):
+        assert set(qa["questions"]) <= set(PHRASINGS[qa["concept"]][split])
+        asked[split] |= set(qa["questions"])
+    assert not asked["train"] & (asked["val"] | asked["test"])
+
+
+def test_same_arguments_write_identical_bytes_and_seed_changes_them(tmp_path):
+    args = dict(n=4, image_size=64, samples_per_scene=2)
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        write_synthetic_dataset(tmp_path / name, seed=seed, **args)
+    first = _tree(tmp_path / "a")
+    assert first == _tree(tmp_path / "b")
+    other = _tree(tmp_path / "c")
+    assert first["train/images/00000_0.jpg"] != other["train/images/00000_0.jpg"]
+
+
+def test_a_scene_does_not_depend_on_the_number_of_scenes(tmp_path):
+    write_synthetic_dataset(tmp_path / "small", n=3, seed=2, image_size=64)
+    write_synthetic_dataset(tmp_path / "large", n=6, seed=2, image_size=64)
+    for name in ("images/00000_0.jpg", "labels/00000_0.png", "labels/00000_1.png"):
+        assert (tmp_path / "small/train" / name).read_bytes() == (tmp_path / "large/train" / name).read_bytes()
+
+
+def test_refuses_to_overwrite_unless_asked(tmp_path):
+    write_synthetic_dataset(tmp_path, n=6, seed=0, image_size=64)
+    with pytest.raises(DataError, match="already contains files"):
+        write_synthetic_dataset(tmp_path, n=3, seed=1, image_size=64)
+    counts = write_synthetic_dataset(tmp_path, n=3, seed=1, image_size=64, overwrite=True)
+    for split in SPLITS:
+        for sub in ("images", "labels", "QAs"):
+            assert len(list((tmp_path / split / sub).iterdir())) == counts[split]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n=2), "at least 3 scenes"),
+        (dict(seed=-1), "seed"),
+        (dict(image_size=32), "image size"),
+        (dict(samples_per_scene=0), "samples per scene"),
+    ],
+)
+def test_rejects_arguments_that_cannot_make_a_dataset(tmp_path, kwargs, message):
+    arguments = dict(n=3, seed=0, image_size=64) | kwargs
+    with pytest.raises(DataError, match=message):
+        write_synthetic_dataset(tmp_path, **arguments)
+
+
+def _box(size: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_relational_concepts_follow_their_definitions():
+    size = 100
+    instance = synth._Instance
+    road_rows = np.full(size, 50.0)  # the main road runs along row 50
+    fields = [_box(size, 0, 0, 30, 30), _box(size, 40, 10, 60, 30), _box(size, 10, 70, 30, 90)]
+    instances = {concept: [] for concept in CLASS_CONCEPTS}
+    instances["field"] = [instance(m, "field") for m in fields]
+    instances["water"] = [instance(_box(size, 80, 0, 100, 100), "lake")]
+    near, far = _box(size, 65, 40, 72, 48), _box(size, 40, 60, 50, 68)  # 8 and 30 px from the water
+    instances["building"] = [instance(far, "building"), instance(near, "building")]
+    targets = {t.concept: t for t in synth._relational_targets(instances, road_rows, size)}
+    assert set(targets) == set(RELATIONAL_CONCEPTS)
+    assert (targets["largest_field"].mask == fields[0]).all()
+    assert (targets["building_nearest_water"].mask == near).all()
+    assert (targets["field_north_of_road"].mask == (fields[0] | fields[1])).all()
+    assert targets["field_north_of_road"].answer.startswith("The two fields above the main road")
+
+    # Ambiguous cases are not asked: equal-sized fields, buildings equally near the water, no field south.
+    instances["field"] = [instance(fields[0], "field"), instance(_box(size, 40, 0, 70, 30), "field")]
+    instances["building"] = [instance(near, "building"), instance(_box(size, 65, 60, 72, 68), "building")]
+    assert synth._relational_targets(instances, road_rows, size) == []
