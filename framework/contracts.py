@@ -73,11 +73,13 @@ class LLMOutput:
 class LanguageModel(nn.Module):
     """Wraps a tokenizer + causal LM.
 
-    Attribute ``hidden_size`` (D). ``forward(questions: list[str], visual_tokens: Tensor [B,N,D] | None,
+    Attributes ``hidden_size`` (D) and ``uses_image`` (whether the prompt takes visual tokens; the framework
+    checks it against the compressor slot). ``forward(questions: list[str], visual_tokens: Tensor [B,N,D] | None,
     answers: list[str] | None) -> LLMOutput``. Visual tokens replace the prompt's ``<image>`` placeholder.
     """
 
     hidden_size: int
+    uses_image: bool
 
 
 class Projector(nn.Module):

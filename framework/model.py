@@ -100,6 +100,12 @@ class SegEarthModel(nn.Module):
         built["llm"] = SLOTS["llm"].build(llm_cfg, where="model.llm")
         options["llm"] = llm_opts
         encoder, llm = built["encoder"], built["llm"]
+        if llm.uses_image != (model_cfg.get("compressor") is not None):
+            raise ConfigError(
+                "model.compressor is null but the LLM prompt has an <image> placeholder"
+                if llm.uses_image
+                else "model.compressor makes visual tokens but the LLM prompt has no <image> placeholder"
+            )
         n_levels = len(encoder.channels)
         if model_cfg.get("compressor") is not None:
             comp_opts, comp_cfg = _split("compressor", model_cfg["compressor"])

@@ -10,6 +10,10 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Small test tensors run faster on one thread, and a second busy core would make two threads stall.
+torch.set_num_threads(1)
 
 # One sqlite store for the whole session (each new store costs ~2 s of migrations).
 _MLFLOW_DIR = Path(tempfile.mkdtemp(prefix="segearth-mlflow-"))

@@ -54,7 +54,11 @@ def test_features_can_be_reused_for_new_questions():
 
 def test_config_errors_at_assembly():
     with pytest.raises(ConfigError, match="level"):
-        tiny_model(compressor={"name": "conv_stride", "ratio": 4, "level": 7})
+        tiny_model(compressor={"name": "conv_stride", "ratio": 4, "level": 7}, llm=dict(TINY_LLM, template="<image> <question>"))
+    with pytest.raises(ConfigError, match="prompt has no <image>"):
+        tiny_model(compressor={"name": "conv_stride", "ratio": 4})
+    with pytest.raises(ConfigError, match="compressor is null"):
+        tiny_model(llm=dict(TINY_LLM, template="<image> <question>[SEG]"))
     with pytest.raises(ConfigError, match="frozen"):
         tiny_model(projector={"name": "mlp", "frozen": "yes"})
 
