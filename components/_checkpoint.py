@@ -17,10 +17,14 @@ from framework.errors import ConfigError
 _DIRECTORY_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str, what: str, prefix: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` / ``torch.save`` file, or of ``model.safetensors`` / ``pytorch_model.bin``
     inside a directory. A checkpoint that wraps its tensors in ``{"model": ...}`` or ``{"state_dict": ...}``
-    is unwrapped. ``what`` names the component in error messages."""
+    is unwrapped. ``what`` names the component in error messages.
+
+    ``prefix`` (e.g. ``"encoder."``): in a file holding several components' weights under their slot names (as
+    ``segearth convert`` writes them) only the keys under it are returned, without it; a file with no key under
+    it is returned whole."""
     file = Path(path).expanduser()
     if file.is_dir():
         found = [file / name for name in _DIRECTORY_FILES if (file / name).is_file()]
@@ -43,6 +47,8 @@ def read_state_dict(path: str, what: str) -> dict[str, torch.Tensor]:
             loaded = loaded[wrapper]
     if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise ConfigError(f"{what}: {file} is not a state dict (a mapping of names to tensors)")
+    if prefix is not None and any(key.startswith(prefix) for key in loaded):
+        return {key[len(prefix) :]: value for key, value in loaded.items() if key.startswith(prefix)}
     return dict(loaded)
 
 

@@ -26,8 +26,10 @@ def describe_components(slot: str | None = None) -> str:
         if options:
             lines.append("  (every " + name + " also takes: " + ", ".join(f"{k}={v!r}" for k, v in options.items()) + ")")
         for component in registry.names():
-            doc = inspect.getdoc(registry.get(component)) or ""
-            lines.append(f"  {component}: {doc.splitlines()[0] if doc else ''}")
+            summary = " ".join((inspect.getdoc(registry.get(component)) or "").split("\n\n")[0].split())
+            if len(summary) > 150:
+                summary = summary[:149] + "…"
+            lines.append(f"  {component}: {summary}")
             for p in registry.parameters(component, injected):
                 default = "required" if p.required else f"= {p.default!r}"
                 lines.append(f"      {p.name}: {p.annotation} {default}")

@@ -8,9 +8,10 @@ Two things differ from timm's classifier and are added here to match the detecti
   multiples of the window (at 1024 px with window 12 none of 256/128/64/32 is).
 
 The module's state dict is timm's Swin state dict (``patch_embed.*``, ``layers.*``) plus ``norm{i}.*``, so
-``weights`` is a file with those keys. Checkpoints in the original Swin layout (downsampling at the end of a
-stage, as in Mask2Former's detectron2 backbones) load too, with or without their ``backbone.`` prefix; a
-detectron2 ``.pkl`` has to be re-saved with ``torch.save`` first (its numpy arrays as tensors).
+``weights`` is a file with those keys, or with them under ``encoder.`` (the combined file that
+``segearth convert mask2former`` writes from a detectron2 Mask2Former ``.pkl``). Checkpoints in the original Swin
+layout (downsampling at the end of a stage, as in Mask2Former's detectron2 backbones) load too, with or without
+their ``backbone.`` prefix.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ class SwinEncoder(Encoder):
         self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
         if weights is not None:
-            load_into(self, _timm_layout(read_state_dict(weights, WHERE)), WHERE, weights)
+            load_into(self, _timm_layout(read_state_dict(weights, WHERE, prefix="encoder.")), WHERE, weights)
 
     @classmethod
     def example_config(cls) -> dict:

@@ -69,8 +69,10 @@ class Mask2FormerHead(MaskHead):
     ``hidden_dim``: pixel-decoder and transformer-decoder width (the reference's conv_dim = hidden_dim = 256);
     ``mask_dim``: mask feature width; ``enc_layers``: deformable encoder layers (FFN ``enc_dim_feedforward``);
     ``dec_layers``: masked-attention decoder layers (FFN ``dim_feedforward``); ``heads``: attention heads of both.
-    ``weights``: a transformers Mask2Former state dict (file or directory); its pixel decoder, transformer
-    decoder and mask predictor are loaded, its backbone, learned queries and class head are not used.
+    ``weights``: a transformers Mask2Former state dict (file or directory), or the combined file that
+    ``segearth convert mask2former`` writes from a detectron2 checkpoint (this head's keys under ``mask_head.``);
+    its pixel decoder, transformer decoder and mask predictor are loaded, its backbone, learned queries and class
+    head are not used.
     """
 
     def __init__(
@@ -109,7 +111,7 @@ class Mask2FormerHead(MaskHead):
         self.query_dim = hidden_dim
         self.output_stride = strides[0]
         if weights is not None:
-            load_into(self, _own_layout(read_state_dict(weights, WHERE)), WHERE, weights)
+            load_into(self, _own_layout(read_state_dict(weights, WHERE, prefix="mask_head.")), WHERE, weights)
 
     @classmethod
     def example_config(cls) -> dict:

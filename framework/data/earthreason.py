@@ -7,33 +7,17 @@ no target, and then the label must be empty). Extra keys are kept as metadata (`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import Dataset
-
-from framework.data.transforms import letterbox_image, letterbox_mask
+from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset
 from framework.errors import DataError
 from framework.registry import DATASETS
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-LABEL_SUFFIXES = (".png",)
+__all__ = ["NO_TARGET_ANSWER", "EarthReasonDataset"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+LABEL_SUFFIXES = (".png", ".tif", ".tiff")
 QA_SUFFIXES = (".json", ".txt")
-NO_TARGET_ANSWER = "There is no target object in the image."
-
-
-@dataclass(frozen=True)
-class Sample:
-    stem: str
-    image: Path
-    label: Path
-    question: str
-    answer: str  # NO_TARGET_ANSWER when the QA's answer list is empty
-    has_target: bool
-    concept: str
 
 
 def _by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
@@ -68,72 +52,48 @@ def _read_qa(path: Path) -> dict:
 
 
 @DATASETS.register("earthreason")
-class EarthReasonDataset(Dataset):
+class EarthReasonDataset(SampleDataset):
     """One sample per (image, question): ``questions='all'`` uses every question of an image (training, and
-    evaluation over all phrasings), ``'first'`` only ``questions[0]`` (the reference's choice, comparable)."""
+    evaluation over all phrasings), ``'first'`` only ``questions[0]`` (the reference's choice, comparable).
+    ``bands``, ``scale``, ``on_bad_sample``: see ``framework.data.images.read_image`` and ``SampleDataset``."""
 
-    def __init__(self, root: str, split: str, image_size: int, questions: str = "all") -> None:
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        image_size: int,
+        questions: str = "all",
+        bands: list[int] | None = None,
+        scale: str | float = "auto",
+        on_bad_sample: str = "error",
+    ) -> None:
+        super().__init__(image_size, questions, bands, scale, on_bad_sample)
         split_dir = Path(root) / split
         if not split_dir.is_dir():
             raise DataError(f"{split_dir}: data split folder not found")
-        images = _by_stem(split_dir / "images", IMAGE_SUFFIXES)
-        labels = _by_stem(split_dir / "labels", LABEL_SUFFIXES)
-        qas = _by_stem(split_dir / "QAs", QA_SUFFIXES)
-        stems = set(images) | set(labels) | set(qas)
-        unpaired = sorted(s for s in stems if not (s in images and s in labels and s in qas))
-        if unpaired:
-            detail = ", ".join(
-                f"{s} (missing {'/'.join(n for n, d in (('image', images), ('label', labels), ('QA', qas)) if s not in d)})"
-                for s in unpaired[:5]
-            )
+        found = {
+            "image": _by_stem(split_dir / "images", IMAGE_SUFFIXES),
+            "label": _by_stem(split_dir / "labels", LABEL_SUFFIXES),
+            "QA": _by_stem(split_dir / "QAs", QA_SUFFIXES),
+        }
+        stems = set().union(*found.values())
+        missing = {s: [kind for kind, d in found.items() if s not in d] for s in sorted(stems)}
+        unpaired = [s for s, kinds in missing.items() if kinds]
+        if unpaired and on_bad_sample == "error":
+            detail = ", ".join(f"{s} (missing {'/'.join(missing[s])})" for s in unpaired[:5])
             more = f" and {len(unpaired) - 5} more" if len(unpaired) > 5 else ""
             raise DataError(f"{split_dir}: {len(unpaired)} stems lack a partner: {detail}{more}")
-        if not stems:
-            raise DataError(f"{split_dir}: no samples")
-        self.image_size = image_size
-        self.samples: list[Sample] = []
-        for stem in sorted(stems):
-            qa = _read_qa(qas[stem])
-            has_target = bool(qa["answer"])
-            answer = qa["answer"][0] if has_target else NO_TARGET_ANSWER
-            chosen = qa["questions"] if questions == "all" else qa["questions"][:1]
-            for q in chosen:
-                self.samples.append(
-                    Sample(stem, images[stem], labels[stem], q, answer, has_target, str(qa.get("concept", "")))
-                )
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load(self, sample: Sample) -> tuple[Image.Image, np.ndarray]:
-        """The RGB image and its binary label; a label of another size, or a non-empty label of a no-target
-        QA, is a DataError naming the files."""
-        try:
-            with Image.open(sample.image) as im:
-                image = im.convert("RGB")
-            with Image.open(sample.label) as lb:
-                label = np.asarray(lb.convert("L")) > 0
-        except OSError as exc:
-            raise DataError(f"{sample.image} / {sample.label}: unreadable ({exc})") from None
-        if label.shape != (image.height, image.width):
-            raise DataError(
-                f"{sample.label}: label is {label.shape[1]}x{label.shape[0]}, image is {image.width}x{image.height}"
-            )
-        if not sample.has_target and label.any():
-            raise DataError(f"{sample.label}: QA says no target (empty 'answer') but the label is not empty")
-        return image, label
-
-    def __getitem__(self, index: int) -> dict:
-        sample = self.samples[index]
-        image, label = self.load(sample)
-        pixels, box = letterbox_image(image, self.image_size)
-        return {
-            "image": pixels,
-            "mask": letterbox_mask(label, self.image_size),
-            "box": torch.tensor(box),
-            "question": sample.question,
-            "answer": sample.answer,
-            "id": index,
-            "stem": sample.stem,
-            "concept": sample.concept,
-        }
+        self.skipped += [(str(split_dir / s), f"missing {'/'.join(missing[s])}") for s in unpaired]
+        for stem in sorted(stems - set(unpaired)):
+            qa_path = found["QA"][stem]
+            with self.entry(qa_path):
+                qa = _read_qa(qa_path)
+                has_target = bool(qa["answer"])
+                answer = qa["answer"][0] if has_target else NO_TARGET_ANSWER
+                chosen = qa["questions"] if questions == "all" else qa["questions"][:1]
+                mask = MaskFile(found["label"][stem])
+                concept = str(qa.get("concept", ""))
+                self.samples += [
+                    Sample(stem, found["image"][stem], mask, q, answer, has_target, concept) for q in chosen
+                ]
+        self.finish_index(split_dir)

@@ -108,3 +108,14 @@ def test_shuffled_questions_is_a_derangement(tmp_path):
         item = shuffled[i]
         assert item["question"] != ds.samples[i].question and item["stem"] == ds.samples[i].stem
         assert item["answer"] == f"answer {item['question'].split()[1][:-1]}"
+
+
+def test_skip_leaves_out_unpaired_stems_and_bad_qas(tmp_path):
+    for stem in "abc":
+        write_sample(tmp_path, stem)
+    (tmp_path / "train" / "labels" / "a.png").unlink()
+    (tmp_path / "train" / "QAs" / "b.json").write_text("{not json")
+    ds = EarthReasonDataset(str(tmp_path), "train", image_size=32, on_bad_sample="skip")
+    assert {s.stem for s in ds.samples} == {"c"}
+    assert [(Path(f).name, reason.split(":")[-1].strip()) for f, reason in ds.skipped][0] == ("a", "missing label")
+    assert ds.skipped[1][0].endswith("b.json") and "invalid JSON" in ds.skipped[1][1]

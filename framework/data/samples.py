@@ -1,0 +1,181 @@
+"""What every dataset format shares: the ``Sample`` record and ``SampleDataset``, which reads, checks and letterboxes.
+
+A format's constructor only indexes its files into ``self.samples``; reading happens in ``__getitem__``.
+
+Bad samples (``on_bad_sample``): with ``'error'`` the first bad entry raises a DataError naming its file. With
+``'skip'`` entries found bad while indexing (missing or malformed files, bad annotations) are left out of
+``samples`` and listed in ``skipped`` as (file, reason), with one logged warning. A file that only fails when
+decoded in ``__getitem__`` is listed too, and the next readable sample is returned in its place with its own
+``id``, question and mask, so an item never mixes two samples (an evaluation then counts that sample twice; the
+warning says so). Under ``'error'`` nothing is ever returned in place of a bad sample.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from framework.data.images import check_bands, check_scale, read_image, read_mask
+from framework.data.transforms import letterbox_image, letterbox_mask
+from framework.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+NO_TARGET_ANSWER = "There is no target object in the image."
+QUESTION_MODES = ("all", "first")
+BAD_SAMPLE_MODES = ("error", "skip")
+
+
+class MaskSource(Protocol):
+    """Where a sample's mask comes from; ``str()`` names it in error messages."""
+
+    def read(self) -> np.ndarray:
+        """bool [H,W], True = target."""
+        ...
+
+
+@dataclass(frozen=True)
+class MaskFile:
+    path: Path
+
+    def read(self) -> np.ndarray:
+        return read_mask(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class Sample:
+    stem: str  # names the image in reports; samples that share an image share it
+    image: Path
+    mask: MaskSource | None  # None: nothing is the target, the mask is all zeros
+    question: str
+    answer: str  # NO_TARGET_ANSWER when nothing is the target; "" when the format has no answer text
+    has_target: bool
+    concept: str  # "" when the format names none
+
+
+def first_question_only(samples: list[Sample]) -> list[Sample]:
+    """The first sample of each (image, mask) pair, in order: ``questions='first'`` for one-line-per-question
+    formats."""
+    seen: set[tuple[Path, str]] = set()
+    kept = []
+    for s in samples:
+        key = (s.image, str(s.mask))
+        if key not in seen:
+            seen.add(key)
+            kept.append(s)
+    return kept
+
+
+class SampleDataset(Dataset):
+    """Base of the registered formats. Items: ``image`` [3,S,S] float in [0,1] letterboxed, ``mask`` [S,S] uint8
+    {0,1}, ``box`` (top, left, h, w) of the image in the frame, ``question``, ``answer``, ``id`` (= index),
+    ``stem``, ``concept``."""
+
+    def __init__(
+        self,
+        image_size: int,
+        questions: str = "all",
+        bands: list[int] | None = None,
+        scale: str | float = "auto",
+        on_bad_sample: str = "error",
+    ) -> None:
+        if questions not in QUESTION_MODES:
+            raise ConfigError(f"questions: expected one of {', '.join(QUESTION_MODES)}, got {questions!r}")
+        if on_bad_sample not in BAD_SAMPLE_MODES:
+            raise ConfigError(f"data.on_bad_sample: expected one of {', '.join(BAD_SAMPLE_MODES)}, got {on_bad_sample!r}")
+        check_bands(bands)
+        check_scale(scale)
+        self.image_size = image_size
+        self.questions = questions
+        self.bands = bands
+        self.scale = scale
+        self.on_bad_sample = on_bad_sample
+        self.samples: list[Sample] = []
+        self.skipped: list[tuple[str, str]] = []
+        self._unreadable: set[int] = set()
+
+    @contextmanager
+    def entry(self, where: str | Path) -> Iterator[None]:
+        """Index one entry: a DataError inside raises (``'error'``) or skips the entry (``'skip'``). Append to
+        ``samples`` only at the end of the block, so a skipped entry leaves nothing behind."""
+        try:
+            yield
+        except DataError as exc:
+            if self.on_bad_sample == "error":
+                raise
+            self.skipped.append((str(where), str(exc)))
+
+    def finish_index(self, where: str | Path) -> None:
+        """After indexing: warn about skipped entries; no samples at all is a DataError."""
+        if self.skipped:
+            listed = "; ".join(f"{file}: {reason}" for file, reason in self.skipped[:5])
+            more = f"; and {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
+            log.warning("%s: skipped %d bad entries: %s%s", where, len(self.skipped), listed, more)
+        if not self.samples:
+            raise DataError(f"{where}: no samples" + (f" ({len(self.skipped)} skipped as bad)" if self.skipped else ""))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+        """(image uint8 [H,W,3], mask bool [H,W]); a mask of another size, or a non-empty mask for a sample
+        without target, is a DataError naming the files."""
+        image = read_image(sample.image, self.bands, self.scale)
+        if sample.mask is None:
+            return image, np.zeros(image.shape[:2], dtype=bool)
+        mask = sample.mask.read()
+        if mask.shape != image.shape[:2]:
+            raise DataError(
+                f"{sample.mask}: label is {mask.shape[1]}x{mask.shape[0]}, "
+                f"image is {image.shape[1]}x{image.shape[0]} ({sample.image})"
+            )
+        if not sample.has_target and mask.any():
+            raise DataError(f"{sample.mask}: the sample has no target (empty answer) but the label is not empty")
+        return image, mask
+
+    def item(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, mask = self.load(sample)
+        pixels, box = letterbox_image(Image.fromarray(image), self.image_size)
+        return {
+            "image": pixels,
+            "mask": letterbox_mask(mask, self.image_size),
+            "box": torch.tensor(box),
+            "question": sample.question,
+            "answer": sample.answer,
+            "id": index,
+            "stem": sample.stem,
+            "concept": sample.concept,
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        if self.on_bad_sample == "error":
+            return self.item(index)
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            if candidate in self._unreadable:
+                continue
+            try:
+                return self.item(candidate)
+            except DataError as exc:
+                self._unreadable.add(candidate)
+                self.skipped.append((str(self.samples[candidate].image), str(exc)))
+                log.warning(
+                    "skipping unreadable sample %d (%s): the next readable sample is returned in its place, so "
+                    "an evaluation counts that one twice; fix or remove the file",
+                    candidate,
+                    exc,
+                )
+        raise DataError(f"no readable sample: all {len(self)} failed to load (see the warnings)")

@@ -1,0 +1,63 @@
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from framework.data.samples import MaskFile, Sample, SampleDataset
+from framework.errors import ConfigError, DataError
+
+
+class Listed(SampleDataset):
+    """The base over a given list of samples."""
+
+    def __init__(self, samples, **kwargs):
+        super().__init__(image_size=8, **kwargs)
+        self.samples = samples
+        self.finish_index("listed")
+
+
+def sample(tmp_path, name, value, readable=True):
+    image, mask = tmp_path / f"{name}.png", tmp_path / f"{name}_m.png"
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(image)
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(mask)
+    if not readable:
+        image.write_bytes(image.read_bytes()[:40])
+    return Sample(name, image, MaskFile(mask), f"question {name}", "", True, "")
+
+
+def test_unreadable_sample_raises_under_error(tmp_path):
+    ds = Listed([sample(tmp_path, "a", 10), sample(tmp_path, "b", 20, readable=False)])
+    assert ds[0]["question"] == "question a"
+    with pytest.raises(DataError, match=r"b\.png: unreadable"):
+        ds[1]
+
+
+def test_unreadable_sample_under_skip_is_replaced_by_a_whole_other_sample(tmp_path, caplog):
+    samples = [sample(tmp_path, "a", 10), sample(tmp_path, "b", 20, readable=False), sample(tmp_path, "c", 30)]
+    ds = Listed(samples, on_bad_sample="skip")
+    with caplog.at_level(logging.WARNING):
+        item = ds[1]
+    # image, question, id and stem all come from sample c: nothing of b, nothing mixed
+    assert (item["id"], item["stem"], item["question"]) == (2, "c", "question c")
+    assert abs(float(item["image"][0, 4, 4]) - 30 / 255) < 1e-6
+    assert ds.skipped == [(str(samples[1].image), ds.skipped[0][1])] and "unreadable" in ds.skipped[0][1]
+    assert "skipping unreadable sample 1" in caplog.text
+    assert ds[1]["id"] == 2 and len(ds.skipped) == 1  # known bad: not read again
+
+
+def test_all_unreadable_under_skip(tmp_path):
+    ds = Listed([sample(tmp_path, "a", 10, readable=False)], on_bad_sample="skip")
+    with pytest.raises(DataError, match="no readable sample"):
+        ds[0]
+
+
+def test_no_samples_and_bad_settings(tmp_path):
+    with pytest.raises(DataError, match="listed: no samples"):
+        Listed([])
+    with pytest.raises(ConfigError, match="on_bad_sample"):
+        Listed([sample(tmp_path, "a", 1)], on_bad_sample="ignore")
+    with pytest.raises(ConfigError, match="questions"):
+        Listed([sample(tmp_path, "a", 1)], questions="random")
+    with pytest.raises(ConfigError, match="data.bands"):
+        Listed([sample(tmp_path, "a", 1)], bands=[1, 2])
