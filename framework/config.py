@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -42,7 +42,9 @@ class DataSchema:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
-    augment: dict[str, Any] = field(default_factory=dict)
+    bands: Optional[list[int]] = None  # three 1-based band numbers used as R, G, B (multiband images)
+    scale: Union[str, int, float] = "auto"  # >8-bit data: "auto" = 2-98 % stretch; a number divides
+    on_bad_sample: str = "error"  # "error" | "skip" (skipped files are listed and logged)
 
 
 @dataclass

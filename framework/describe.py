@@ -11,7 +11,7 @@ from framework.registry import DATASETS, SLOTS
 
 def describe_components(slot: str | None = None) -> str:
     import components  # noqa: F401  (registers every component)
-    import framework.data.earthreason  # noqa: F401  (registers the built-in dataset formats)
+    import framework.data.formats  # noqa: F401  (registers the built-in dataset formats)
 
     registries = {**SLOTS, "dataset": DATASETS}
     if slot is not None and slot not in registries:

@@ -40,7 +40,7 @@ class ShuffledQuestions(Dataset):
 
 def build_dataset(data_cfg: dict[str, Any], split: str, questions: str) -> Dataset:
     """The registered dataset format of ``data_cfg`` for one split."""
-    import framework.data.earthreason  # noqa: F401  (registers the built-in formats)
+    import framework.data.formats  # noqa: F401  (registers the built-in formats)
 
     if not data_cfg.get("root"):
         raise ConfigError("data.root is not set (the folder that holds the dataset)")
@@ -48,7 +48,15 @@ def build_dataset(data_cfg: dict[str, Any], split: str, questions: str) -> Datas
     if not root.is_dir():
         raise DataError(f"{root}: data directory not found")
     cls = DATASETS.get(data_cfg["format"])
-    return cls(root=str(root), split=split, image_size=data_cfg["image_size"], questions=questions)
+    return cls(
+        root=str(root),
+        split=split,
+        image_size=data_cfg["image_size"],
+        questions=questions,
+        bands=data_cfg["bands"],
+        scale=data_cfg["scale"],
+        on_bad_sample=data_cfg["on_bad_sample"],
+    )
 
 
 class ReasoningDataModule(L.LightningDataModule):

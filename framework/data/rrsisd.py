@@ -63,12 +63,16 @@ def rle_counts_from_string(text: str | bytes) -> list[int]:
 def decode_rle(rle: dict) -> np.ndarray:
     """COCO RLE ``{'size': [h, w], 'counts': list[int] | str}`` → bool [h,w]. Runs alternate background /
     target, starting with background, over the pixels in column-major order."""
-    height, width = (int(v) for v in rle["size"])
-    counts = rle["counts"]
-    counts = rle_counts_from_string(counts) if isinstance(counts, (str, bytes)) else [int(c) for c in counts]
+    try:
+        height, width = (int(v) for v in rle["size"])
+        counts = rle["counts"]
+        counts = rle_counts_from_string(counts) if isinstance(counts, (str, bytes)) else [int(c) for c in counts]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"RLE must be {{'size': [h, w], 'counts': list or string}} ({exc!r})") from None
     if any(c < 0 for c in counts) or sum(counts) != height * width:
-        raise DataError(f"RLE counts cover {sum(counts)} pixels (or are negative); size {height}x{width} needs "
-                        f"{height * width}")
+        raise DataError(
+            f"RLE counts cover {sum(counts)} pixels (or are negative); size {height}x{width} needs {height * width}"
+        )
     runs = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
     return runs.reshape(width, height).T
 
@@ -77,6 +81,8 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
     """COCO ``segmentation`` (list of polygons [x1, y1, x2, y2, ...], an RLE dict, or a list of RLE dicts) →
     bool [height,width], the union of its parts."""
     parts = [segmentation] if isinstance(segmentation, dict) else segmentation
+    if not isinstance(parts, list):
+        raise DataError(f"segmentation must be polygons or RLE, got {type(segmentation).__name__}")
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     mask = np.zeros((height, width), dtype=bool)
@@ -86,8 +92,9 @@ def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarra
             if decoded.shape != mask.shape:
                 raise DataError(f"RLE size {list(decoded.shape)} differs from the image size {[height, width]}")
             mask |= decoded
-        elif len(part) % 2 or len(part) < 6:
-            raise DataError(f"polygon with {len(part)} coordinates; expected x, y pairs of at least 3 points")
+        elif not isinstance(part, list) or len(part) % 2 or len(part) < 6:
+            got = f"{len(part)} coordinates" if isinstance(part, list) else type(part).__name__
+            raise DataError(f"polygon with {got}; expected a list of x, y pairs of at least 3 points")
         else:
             draw.polygon([(float(x), float(y)) for x, y in zip(part[0::2], part[1::2])], fill=1)
     return mask | (np.asarray(canvas) > 0)
@@ -196,18 +203,19 @@ class RRSISDDataset(SampleDataset):
                 f"{image_id}"
             )
         if not all(k in image for k in ("file_name", "height", "width")) or "segmentation" not in annotation:
-            raise DataError(f"ref {ref_id}: image {image_id} needs file_name/height/width and annotation {ann_id} "
-                            f"a segmentation in {instances_path}")
+            raise DataError(
+                f"ref {ref_id}: image {image_id} needs file_name/height/width and annotation {ann_id} a "
+                f"segmentation in {instances_path}"
+            )
         path = image_dir / image["file_name"]
         if not path.is_file():
             raise DataError(f"{path}: image of ref {ref_id} not found")
-        sentences = [s.get("raw") if isinstance(s, dict) else None for s in ref["sentences"]]
+        listed = ref["sentences"] if isinstance(ref["sentences"], list) else []
+        sentences = [s.get("raw") if isinstance(s, dict) else None for s in listed]
         if not sentences or not all(isinstance(s, str) and s.strip() for s in sentences):
             raise DataError(f"ref {ref_id}: 'sentences' must be a non-empty list of {{'raw': non-empty text}}")
-        mask = CocoMask(
-            annotation["segmentation"], int(image["height"]), int(image["width"]),
-            f"{instances_path} annotation {ann_id}",
-        )
+        where = f"{instances_path} annotation {ann_id}"
+        mask = CocoMask(annotation["segmentation"], int(image["height"]), int(image["width"]), where)
         concept = categories.get(annotation.get("category_id", ref.get("category_id")), "")
         chosen = sentences if self.questions == "all" else sentences[:1]
         return [Sample(Path(image["file_name"]).stem, path, mask, s.strip(), "", True, concept) for s in chosen]

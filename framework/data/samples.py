@@ -94,7 +94,9 @@ class SampleDataset(Dataset):
         if questions not in QUESTION_MODES:
             raise ConfigError(f"questions: expected one of {', '.join(QUESTION_MODES)}, got {questions!r}")
         if on_bad_sample not in BAD_SAMPLE_MODES:
-            raise ConfigError(f"data.on_bad_sample: expected one of {', '.join(BAD_SAMPLE_MODES)}, got {on_bad_sample!r}")
+            raise ConfigError(
+                f"data.on_bad_sample: expected one of {', '.join(BAD_SAMPLE_MODES)}, got {on_bad_sample!r}"
+            )
         check_bands(bands)
         check_scale(scale)
         self.image_size = image_size

@@ -133,7 +133,9 @@ def corrupt(path, data):
     return path
 
 
-@pytest.mark.parametrize("kind", ["garbage", "truncated jpeg", "truncated png", "truncated 16-bit png", "truncated tiff"])
+@pytest.mark.parametrize(
+    "kind", ["garbage", "truncated jpeg", "truncated png", "truncated 16-bit png", "truncated tiff"]
+)
 def test_corrupt_and_truncated_files_name_the_file(tmp_path, kind):
     noise = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     if kind == "truncated 16-bit png":

@@ -68,6 +68,16 @@ def test_polygon_parts_are_ored_at_the_given_size():
         decode_segmentation([[1, 2, 3, 4, 5]], 30, 40)
 
 
+@pytest.mark.parametrize(
+    "segmentation,message",
+    [(None, "must be polygons or RLE, got NoneType"), ([5], "polygon with int"),
+     ({"counts": [4]}, "RLE must be"), ([{"size": [2, 2], "counts": "0"}], "cover 0 pixels")],
+)
+def test_malformed_segmentations_are_data_errors(segmentation, message):
+    with pytest.raises(DataError, match=message):
+        decode_segmentation(segmentation, 2, 2)
+
+
 IMAGES = {7: ("P0007.jpg", 40, 30, (255, 0, 0)), 3: ("P0003.jpg", 24, 24, (0, 0, 255))}  # id: name, w, h, colour
 POND = np.zeros((24, 24), bool)
 POND[4:12, 6:20] = True
