@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--slot", help="only this slot (encoder, compressor, llm, projector, mask_head, dataset)")
     p.set_defaults(func=cmd_components)
+
+    from framework.convert import add_convert_parser
+
+    add_convert_parser(sub)
     return parser
 
 

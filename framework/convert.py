@@ -43,6 +43,7 @@ class Rule:
 
 def _rule(pattern: str, target: str | Callable[[re.Match[str]], str] | None = None, *, reason: str | None = None,
           split: bool = False) -> Rule:
+    assert (target is None) != (reason is None), "a rule renames (target) or drops (reason)"
     return Rule(re.compile(pattern), target, reason, split)
 
 
@@ -103,7 +104,7 @@ class Conversion:
     """``tensors``: the converted state dict; ``mapped``: source keys that went into it; ``discarded``: source
     keys dropped, by reason."""
 
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     mapped: list[str] = field(default_factory=list)
     discarded: dict[str, list[str]] = field(default_factory=dict)
 
@@ -123,17 +124,17 @@ class Conversion:
 
 def convert(state: Mapping[str, torch.Tensor], rules: tuple[Rule, ...], source: str) -> Conversion:
     """Apply ``rules`` to every key of ``state``; a key no rule matches is a ConfigError listing all such keys."""
-    out = Conversion(tensors={})
+    out = Conversion()
     unmatched = []
     for key, tensor in state.items():
-        rule = next((r for r in rules if r.pattern.fullmatch(key)), None)
-        if rule is None:
+        found = next(((r, m) for r in rules if (m := r.pattern.fullmatch(key))), None)
+        if found is None:
             unmatched.append(key)
             continue
+        rule, match = found
         if rule.target is None:
-            out.discarded.setdefault(rule.reason or "not used", []).append(key)
+            out.discarded.setdefault(str(rule.reason), []).append(key)
             continue
-        match = rule.pattern.fullmatch(key)
         target = rule.target(match) if callable(rule.target) else match.expand(rule.target)
         if rule.split:
             width = _attention_width(state, key, tensor)

@@ -7,6 +7,7 @@ import argparse
 import os
 import pickle
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +20,49 @@ from components.mask_heads.mask2former import Mask2FormerHead
 from framework.convert import add_convert_parser, convert_mask2former, read_detectron2_checkpoint
 from framework.errors import ConfigError
 
-# Swin "nano" (our variant) with detectron2's Mask2Former head layout at small widths; FFN widths, mask width and
-# hidden width all differ so that a tensor landing in the wrong place shows up as a shape or value mismatch.
-EMBED, DEPTHS, SWIN_HEADS, WINDOW = 32, (2, 2, 2, 2), (1, 2, 4, 8), 7
-HIDDEN, MASK_DIM, HEADS, POINTS, ENC_LAYERS, ENC_FF, DEC_LAYERS, DEC_FF = 32, 64, 4, 4, 1, 48, 2, 80
-QUERIES, CLASSES = 5, 7
-HEAD_CONFIG = {
-    "hidden_dim": HIDDEN, "mask_dim": MASK_DIM, "enc_layers": ENC_LAYERS, "dec_layers": DEC_LAYERS,
-    "dim_feedforward": DEC_FF, "enc_dim_feedforward": ENC_FF, "heads": HEADS,
-}
-CHANNELS = [EMBED * 2**i for i in range(4)]
 STRIDES = [4, 8, 16, 32]
 PIX, PRED = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A Mask2Former with a Swin backbone, as detectron2 configures it."""
+
+    embed: int
+    depths: tuple[int, ...]
+    swin_heads: tuple[int, ...]
+    window: int
+    hidden: int  # CONVS_DIM = HIDDEN_DIM
+    mask_dim: int
+    heads: int
+    enc_layers: int
+    enc_ff: int
+    dec_layers: int  # DEC_LAYERS - 1 decoder layers are built
+    dec_ff: int
+    queries: int
+    classes: int
+    points: int = 4
+
+    @property
+    def channels(self) -> list[int]:
+        return [self.embed * 2**i for i in range(4)]
+
+    @property
+    def head_config(self) -> dict:
+        return {
+            "hidden_dim": self.hidden, "mask_dim": self.mask_dim, "enc_layers": self.enc_layers,
+            "dec_layers": self.dec_layers, "dim_feedforward": self.dec_ff, "enc_dim_feedforward": self.enc_ff,
+            "heads": self.heads,
+        }
+
+
+# Our swin "nano" with the head at small widths; FFN, mask and hidden widths all differ so that a tensor landing
+# in the wrong place shows up as a shape or value mismatch.
+NANO = Arch(embed=32, depths=(2, 2, 2, 2), swin_heads=(1, 2, 4, 8), window=7, hidden=32, mask_dim=64, heads=4,
+            enc_layers=1, enc_ff=48, dec_layers=2, dec_ff=80, queries=5, classes=7)
+# model_final_54b88a.pkl, the reference's start: COCO panoptic Swin-B/384 (IN-21k), 133 classes, 100 queries
+SWIN_B_384 = Arch(embed=128, depths=(2, 2, 18, 2), swin_heads=(4, 8, 16, 32), window=12, hidden=256, mask_dim=256,
+                  heads=8, enc_layers=6, enc_ff=1024, dec_layers=9, dec_ff=2048, queries=100, classes=133)
 
 
 def linear(name: str, n_out: int, n_in: int) -> dict[str, tuple]:
@@ -45,62 +77,63 @@ def multihead_attention(name: str, n: int) -> dict[str, tuple]:
     return {f"{name}.in_proj_weight": (3 * n, n), f"{name}.in_proj_bias": (3 * n,), **linear(f"{name}.out_proj", n, n)}
 
 
-def detectron2_shapes() -> dict[str, tuple]:
+def detectron2_shapes(a: Arch) -> dict[str, tuple]:
     """Names and shapes of a Mask2Former (D2SwinTransformer + MSDeformAttnPixelDecoder +
     MultiScaleMaskedTransformerDecoder) state dict, in detectron2's module order."""
-    shapes: dict[str, tuple] = {"backbone.patch_embed.proj.weight": (EMBED, 3, 4, 4), "backbone.patch_embed.proj.bias":
-                                (EMBED,), **norm("backbone.patch_embed.norm", EMBED)}
-    for i, (depth, heads, c) in enumerate(zip(DEPTHS, SWIN_HEADS, CHANNELS)):
+    shapes: dict[str, tuple] = {"backbone.patch_embed.proj.weight": (a.embed, 3, 4, 4)}
+    shapes |= {"backbone.patch_embed.proj.bias": (a.embed,), **norm("backbone.patch_embed.norm", a.embed)}
+    for i, (depth, heads, c) in enumerate(zip(a.depths, a.swin_heads, a.channels)):
         for j in range(depth):
             block = f"backbone.layers.{i}.blocks.{j}"
             shapes |= norm(f"{block}.norm1", c)
-            shapes[f"{block}.attn.relative_position_bias_table"] = ((2 * WINDOW - 1) ** 2, heads)
-            shapes[f"{block}.attn.relative_position_index"] = (WINDOW**2, WINDOW**2)
+            shapes[f"{block}.attn.relative_position_bias_table"] = ((2 * a.window - 1) ** 2, heads)
+            shapes[f"{block}.attn.relative_position_index"] = (a.window**2, a.window**2)
             shapes |= linear(f"{block}.attn.qkv", 3 * c, c) | linear(f"{block}.attn.proj", c, c)
-            shapes |= norm(f"{block}.norm2", c) | linear(f"{block}.mlp.fc1", 4 * c, c) | linear(f"{block}.mlp.fc2", c, 4 * c)
+            shapes |= norm(f"{block}.norm2", c) | linear(f"{block}.mlp.fc1", 4 * c, c)
+            shapes |= linear(f"{block}.mlp.fc2", c, 4 * c)
         if i < 3:  # the original Swin merges patches at the end of a stage
             shapes[f"backbone.layers.{i}.downsample.reduction.weight"] = (2 * c, 4 * c)
             shapes |= norm(f"backbone.layers.{i}.downsample.norm", 4 * c)
-    for i, c in enumerate(CHANNELS):
+    for i, c in enumerate(a.channels):
         shapes |= norm(f"backbone.norm{i}", c)
-    for k, c in enumerate(CHANNELS[:0:-1]):  # res5, res4, res3: from low to high resolution
-        shapes |= {f"{PIX}input_proj.{k}.0.weight": (HIDDEN, c, 1, 1), f"{PIX}input_proj.{k}.0.bias": (HIDDEN,)}
-        shapes |= norm(f"{PIX}input_proj.{k}.1", HIDDEN)
-    shapes[f"{PIX}transformer.level_embed"] = (3, HIDDEN)
-    for i in range(ENC_LAYERS):
+    for k, c in enumerate(a.channels[:0:-1]):  # res5, res4, res3: from low to high resolution
+        shapes |= {f"{PIX}input_proj.{k}.0.weight": (a.hidden, c, 1, 1), f"{PIX}input_proj.{k}.0.bias": (a.hidden,)}
+        shapes |= norm(f"{PIX}input_proj.{k}.1", a.hidden)
+    shapes[f"{PIX}transformer.level_embed"] = (3, a.hidden)
+    for i in range(a.enc_layers):
         layer = f"{PIX}transformer.encoder.layers.{i}"
-        shapes |= linear(f"{layer}.self_attn.sampling_offsets", HEADS * 3 * POINTS * 2, HIDDEN)
-        shapes |= linear(f"{layer}.self_attn.attention_weights", HEADS * 3 * POINTS, HIDDEN)
-        shapes |= linear(f"{layer}.self_attn.value_proj", HIDDEN, HIDDEN)
-        shapes |= linear(f"{layer}.self_attn.output_proj", HIDDEN, HIDDEN) | norm(f"{layer}.norm1", HIDDEN)
-        shapes |= linear(f"{layer}.linear1", ENC_FF, HIDDEN) | linear(f"{layer}.linear2", HIDDEN, ENC_FF)
-        shapes |= norm(f"{layer}.norm2", HIDDEN)
-    shapes |= {f"{PIX}mask_features.weight": (MASK_DIM, HIDDEN, 1, 1), f"{PIX}mask_features.bias": (MASK_DIM,)}
-    shapes |= {f"{PIX}adapter_1.weight": (HIDDEN, CHANNELS[0], 1, 1), **norm(f"{PIX}adapter_1.norm", HIDDEN)}
-    shapes |= {f"{PIX}layer_1.weight": (HIDDEN, HIDDEN, 3, 3), **norm(f"{PIX}layer_1.norm", HIDDEN)}
-    for i in range(DEC_LAYERS):
-        shapes |= multihead_attention(f"{PRED}transformer_self_attention_layers.{i}.self_attn", HIDDEN)
-        shapes |= norm(f"{PRED}transformer_self_attention_layers.{i}.norm", HIDDEN)
-        shapes |= multihead_attention(f"{PRED}transformer_cross_attention_layers.{i}.multihead_attn", HIDDEN)
-        shapes |= norm(f"{PRED}transformer_cross_attention_layers.{i}.norm", HIDDEN)
-        shapes |= linear(f"{PRED}transformer_ffn_layers.{i}.linear1", DEC_FF, HIDDEN)
-        shapes |= linear(f"{PRED}transformer_ffn_layers.{i}.linear2", HIDDEN, DEC_FF)
-        shapes |= norm(f"{PRED}transformer_ffn_layers.{i}.norm", HIDDEN)
-    shapes |= norm(f"{PRED}decoder_norm", HIDDEN)
-    shapes |= {f"{PRED}query_feat.weight": (QUERIES, HIDDEN), f"{PRED}query_embed.weight": (QUERIES, HIDDEN)}
-    shapes[f"{PRED}level_embed.weight"] = (3, HIDDEN)
-    shapes |= linear(f"{PRED}class_embed", CLASSES + 1, HIDDEN)
-    shapes |= linear(f"{PRED}mask_embed.layers.0", HIDDEN, HIDDEN) | linear(f"{PRED}mask_embed.layers.1", HIDDEN, HIDDEN)
-    shapes |= linear(f"{PRED}mask_embed.layers.2", MASK_DIM, HIDDEN)
-    shapes["criterion.empty_weight"] = (CLASSES + 1,)
+        shapes |= linear(f"{layer}.self_attn.sampling_offsets", a.heads * 3 * a.points * 2, a.hidden)
+        shapes |= linear(f"{layer}.self_attn.attention_weights", a.heads * 3 * a.points, a.hidden)
+        shapes |= linear(f"{layer}.self_attn.value_proj", a.hidden, a.hidden)
+        shapes |= linear(f"{layer}.self_attn.output_proj", a.hidden, a.hidden) | norm(f"{layer}.norm1", a.hidden)
+        shapes |= linear(f"{layer}.linear1", a.enc_ff, a.hidden) | linear(f"{layer}.linear2", a.hidden, a.enc_ff)
+        shapes |= norm(f"{layer}.norm2", a.hidden)
+    shapes |= {f"{PIX}mask_features.weight": (a.mask_dim, a.hidden, 1, 1), f"{PIX}mask_features.bias": (a.mask_dim,)}
+    shapes |= {f"{PIX}adapter_1.weight": (a.hidden, a.channels[0], 1, 1), **norm(f"{PIX}adapter_1.norm", a.hidden)}
+    shapes |= {f"{PIX}layer_1.weight": (a.hidden, a.hidden, 3, 3), **norm(f"{PIX}layer_1.norm", a.hidden)}
+    for i in range(a.dec_layers):
+        shapes |= multihead_attention(f"{PRED}transformer_self_attention_layers.{i}.self_attn", a.hidden)
+        shapes |= norm(f"{PRED}transformer_self_attention_layers.{i}.norm", a.hidden)
+        shapes |= multihead_attention(f"{PRED}transformer_cross_attention_layers.{i}.multihead_attn", a.hidden)
+        shapes |= norm(f"{PRED}transformer_cross_attention_layers.{i}.norm", a.hidden)
+        shapes |= linear(f"{PRED}transformer_ffn_layers.{i}.linear1", a.dec_ff, a.hidden)
+        shapes |= linear(f"{PRED}transformer_ffn_layers.{i}.linear2", a.hidden, a.dec_ff)
+        shapes |= norm(f"{PRED}transformer_ffn_layers.{i}.norm", a.hidden)
+    shapes |= norm(f"{PRED}decoder_norm", a.hidden)
+    shapes |= {f"{PRED}query_feat.weight": (a.queries, a.hidden), f"{PRED}query_embed.weight": (a.queries, a.hidden)}
+    shapes[f"{PRED}level_embed.weight"] = (3, a.hidden)
+    shapes |= linear(f"{PRED}class_embed", a.classes + 1, a.hidden)
+    for i, n_out in enumerate((a.hidden, a.hidden, a.mask_dim)):
+        shapes |= linear(f"{PRED}mask_embed.layers.{i}", n_out, a.hidden)
+    shapes["criterion.empty_weight"] = (a.classes + 1,)
     return shapes
 
 
 def fake_checkpoint(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
-        key: rng.integers(0, WINDOW**4, shape) if key.endswith("index") else rng.standard_normal(shape, np.float32)
-        for key, shape in detectron2_shapes().items()
+        key: rng.integers(0, NANO.window**4, shape) if key.endswith("index") else rng.standard_normal(shape, np.float32)
+        for key, shape in detectron2_shapes(NANO).items()
     }
 
 
@@ -114,7 +147,7 @@ def load_components(weights: Path) -> tuple[SwinEncoder, Mask2FormerHead]:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no weight left at its initial value, no converted tensor unused
         encoder = SwinEncoder(variant="nano", weights=str(weights))
-        head = Mask2FormerHead(in_channels=CHANNELS, strides=STRIDES, weights=str(weights), **HEAD_CONFIG)
+        head = Mask2FormerHead(in_channels=NANO.channels, strides=STRIDES, weights=str(weights), **NANO.head_config)
     return encoder, head
 
 
@@ -133,20 +166,21 @@ def converted(source, tmp_path_factory) -> tuple[Path, object]:
 def test_every_tensor_is_converted_or_knowingly_discarded(source, converted) -> None:
     _, conversion = converted
     discarded = {reason.split(" ")[0]: keys for reason, keys in conversion.discarded.items()}
-    assert len(discarded["index"]) == sum(DEPTHS)
+    assert len(discarded["index"]) == sum(NANO.depths)
     assert sorted(discarded["learned"]) == [f"{PRED}query_embed.weight", f"{PRED}query_feat.weight"]
     assert sorted(discarded["COCO"]) == [f"{PRED}class_embed.bias", f"{PRED}class_embed.weight"]
     assert discarded["loss"] == ["criterion.empty_weight"]
     assert len(conversion.mapped) + sum(map(len, discarded.values())) == len(source)
     # q, k, v of each self-attention are one tensor in detectron2, three in transformers
-    assert len(conversion.tensors) == len(conversion.mapped) + 2 * 2 * DEC_LAYERS
+    assert len(conversion.tensors) == len(conversion.mapped) + 2 * 2 * NANO.dec_layers
 
 
 def test_the_components_load_it_with_every_tensor_in_its_place(source, converted) -> None:
     dst, conversion = converted
     encoder, head = load_components(dst)
-    assert {k for k in conversion.tensors if k.startswith("encoder.")} == {f"encoder.{k}" for k in encoder.state_dict()}
-    assert {k for k in conversion.tensors if k.startswith("mask_head.")} == {f"mask_head.{k}" for k in head.state_dict()}
+    for slot, module in (("encoder", encoder), ("mask_head", head)):
+        converted_keys = {k for k in conversion.tensors if k.startswith(f"{slot}.")}
+        assert converted_keys == {f"{slot}.{k}" for k in module.state_dict()}
 
     def same(param: torch.Tensor, key: str) -> None:
         torch.testing.assert_close(param.detach(), torch.from_numpy(source[key]), rtol=0, atol=0)
@@ -165,10 +199,11 @@ def test_the_components_load_it_with_every_tensor_in_its_place(source, converted
     same(pixel.input_projections[2][1].bias, f"{PIX}input_proj.2.1.bias")
     same(pixel.level_embed, f"{PIX}transformer.level_embed")
     deformable = pixel.encoder.layers[0]
-    same(deformable.self_attn.sampling_offsets.weight, f"{PIX}transformer.encoder.layers.0.self_attn.sampling_offsets.weight")
-    same(deformable.self_attn_layer_norm.bias, f"{PIX}transformer.encoder.layers.0.norm1.bias")
-    same(deformable.fc2.weight, f"{PIX}transformer.encoder.layers.0.linear2.weight")
-    same(deformable.final_layer_norm.weight, f"{PIX}transformer.encoder.layers.0.norm2.weight")
+    source_layer = f"{PIX}transformer.encoder.layers.0"
+    same(deformable.self_attn.sampling_offsets.weight, f"{source_layer}.self_attn.sampling_offsets.weight")
+    same(deformable.self_attn_layer_norm.bias, f"{source_layer}.norm1.bias")
+    same(deformable.fc2.weight, f"{source_layer}.linear2.weight")
+    same(deformable.final_layer_norm.weight, f"{source_layer}.norm2.weight")
     same(pixel.mask_projection.weight, f"{PIX}mask_features.weight")
     same(pixel.adapter_1[0].weight, f"{PIX}adapter_1.weight")
     same(pixel.layer_1[1].bias, f"{PIX}layer_1.norm.bias")
@@ -176,9 +211,10 @@ def test_the_components_load_it_with_every_tensor_in_its_place(source, converted
     layer = head.decoder.layers[1]
     in_proj = torch.from_numpy(source[f"{PRED}transformer_self_attention_layers.1.self_attn.in_proj_weight"])
     in_bias = torch.from_numpy(source[f"{PRED}transformer_self_attention_layers.1.self_attn.in_proj_bias"])
-    for i, proj in enumerate((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)):
-        torch.testing.assert_close(proj.weight.detach(), in_proj[i * HIDDEN : (i + 1) * HIDDEN], rtol=0, atol=0)
-        torch.testing.assert_close(proj.bias.detach(), in_bias[i * HIDDEN : (i + 1) * HIDDEN], rtol=0, atol=0)
+    rows = [slice(i * NANO.hidden, (i + 1) * NANO.hidden) for i in range(3)]
+    for proj, part in zip((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj), rows, strict=True):
+        torch.testing.assert_close(proj.weight.detach(), in_proj[part], rtol=0, atol=0)
+        torch.testing.assert_close(proj.bias.detach(), in_bias[part], rtol=0, atol=0)
     same(layer.self_attn_layer_norm.weight, f"{PRED}transformer_self_attention_layers.1.norm.weight")
     same(layer.cross_attn.in_proj_weight, f"{PRED}transformer_cross_attention_layers.1.multihead_attn.in_proj_weight")
     same(layer.cross_attn_layer_norm.bias, f"{PRED}transformer_cross_attention_layers.1.norm.bias")
@@ -194,10 +230,10 @@ def test_split_self_attention_computes_what_the_original_computed(source, conver
     with the split projections gives the same output."""
     _, head = load_components(converted[0])
     prefix = f"{PRED}transformer_self_attention_layers.0.self_attn."
-    original = nn.MultiheadAttention(HIDDEN, HEADS)
+    original = nn.MultiheadAttention(NANO.hidden, NANO.heads)
     original.load_state_dict({k[len(prefix) :]: torch.from_numpy(v) for k, v in source.items() if k.startswith(prefix)})
     generator = torch.Generator().manual_seed(0)
-    x, pos = torch.randn(3, 2, HIDDEN, generator=generator), torch.randn(3, 2, HIDDEN, generator=generator)
+    x, pos = torch.randn(3, 2, NANO.hidden, generator=generator), torch.randn(3, 2, NANO.hidden, generator=generator)
     with torch.no_grad():
         want = original(x + pos, x + pos, x)[0]
         got = head.decoder.layers[0].self_attn(hidden_states=x, position_embeddings=pos)[0]
@@ -224,13 +260,34 @@ def test_a_tensor_no_rule_knows_is_an_error(source, tmp_path) -> None:
 
 def test_wrong_shapes_name_the_tensor_and_both_shapes(source, converted, tmp_path) -> None:
     key = f"{PRED}transformer_self_attention_layers.1.self_attn.in_proj_weight"
-    broken = dict(source, **{key: np.zeros((3 * HIDDEN + 3, HIDDEN), np.float32)})
+    broken = dict(source, **{key: np.zeros((3 * NANO.hidden + 3, NANO.hidden), np.float32)})
     with pytest.raises(ConfigError, match=rf"{key}' has shape \(99, 32\), expected \(96, 32\)"):
         convert_mask2former(write_pkl(tmp_path / "b.pkl", broken), tmp_path / "b.safetensors")
     # the converted file into a head of other widths
     with pytest.raises(ConfigError, match=r"encoder\.layers\.0\.fc1\.(weight|bias)' has shape \(48,.*expects \(64,"):
-        Mask2FormerHead(in_channels=CHANNELS, strides=STRIDES, weights=str(converted[0]),
-                        **(HEAD_CONFIG | {"enc_dim_feedforward": 64}))
+        Mask2FormerHead(in_channels=NANO.channels, strides=STRIDES, weights=str(converted[0]),
+                        **(NANO.head_config | {"enc_dim_feedforward": 64}))
+
+
+def test_the_reference_checkpoint_layout_fits_the_faithful_encoder_and_head(tmp_path) -> None:
+    """Shapes only (zeros): Swin-B/384 Mask2Former converts into exactly the tensors of swin base_w12 and the
+    default mask2former head, with no key missing, unused or of another shape."""
+    shapes = detectron2_shapes(SWIN_B_384)
+    torch.save({"model": {k: torch.zeros(s, dtype=torch.int64 if k.endswith("index") else torch.float32)
+                          for k, s in shapes.items()}}, tmp_path / "model_final_54b88a.pth")
+    dst = tmp_path / "swin_b_384.safetensors"
+    conversion = convert_mask2former(tmp_path / "model_final_54b88a.pth", dst)
+    assert len(conversion.mapped) == len(shapes) - sum(SWIN_B_384.depths) - 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encoder = SwinEncoder(variant="base_w12", weights=str(dst))
+        head = Mask2FormerHead(in_channels=encoder.channels, strides=encoder.strides, weights=str(dst))
+    assert head.decoder.layers[8].fc1.weight.shape == (2048, 256)
+    assert sum(t.numel() for t in conversion.tensors.values()) == sum(
+        p.numel() for p in [*encoder.parameters(), *head.parameters()]
+    )
+    for file in tmp_path.iterdir():  # 0.9 GB that pytest would otherwise keep for a few sessions
+        file.unlink()
 
 
 def test_a_pickle_that_would_run_code_is_refused(tmp_path) -> None:

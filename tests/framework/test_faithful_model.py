@@ -2,7 +2,7 @@
 architecture with random weights, cross_attention, Mask2Former, 1024² input): what it holds, what trains, and one
 training step plus one prediction on the CPU.
 
-Heavy (1.4 B parameters, ~2 minutes and ~12 GB on one CPU thread): run it on its own,
+Heavy (1.4 B parameters; about 3 minutes and 14 GB on one CPU thread): run it on its own,
 ``pytest -m slow tests/framework/test_faithful_model.py``.
 """
 
@@ -33,7 +33,7 @@ SIZE = 1024
 # - compressor: 3x3 s2 conv 1024->2048, 3x3 s2 conv 2048->2048, 1x1 conv 2048->2048 (+ biases), two
 #   GroupNorm(1, 2048) affines (the reference's LayerNorm([2048,16,16]) / ([2048,8,8]) hold 1,310,720);
 # - llm: Phi-1.5's 24 layers + final norm = 1,208,504,320, plus the input embedding and the LM head (with bias) over
-#   the 259-token vocabulary of the byte tokenizer (256 bytes + eos + [PAD] + [SEG]) = 1,061,123. With Phi's own
+#   the 259-token vocabulary of the byte tokenizer (256 bytes + <|endoftext|> + [PAD] + [SEG]) = 1,061,123. With Phi's own
 #   tokenizer (50,295 tokens + [PAD] + [SEG], as the reference) the two tables hold 206,016,512 (+ 50,297 bias);
 # - projector: the reference's origin/local/text projectors, D-Projector and SEG projector (notes §1.5), exactly;
 # - mask_head: pixel decoder + 9-layer masked-attention decoder (also in tests/components/mask_heads/).
@@ -45,8 +45,10 @@ PARAMETERS = {
     "mask_head": 19_951_808,
 }
 TRAINABLE = {"encoder": False, "compressor": True, "llm": True, "projector": True, "mask_head": True}
-QUESTION = "Where could a seaplane land safely in this scene?"
-ANSWER = "The calm open water of the bay, away from the piers."
+# The byte tokenizer spends a token per character: the prompt's fixed text alone is ~320 tokens (a BPE tokenizer
+# such as Phi's needs a fraction of that), so short texts keep the sequence at 443 tokens with the answer.
+QUESTION = "Where can a seaplane land?"
+ANSWER = "On the calm bay."
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def test_parameters_per_slot_and_what_trains(task: SegEarthTask) -> None:
     task.train()
     assert not any(m.training for m in task.model.encoder.modules())  # frozen: no DropPath, even in training
     assert all(m.training for slot in ("compressor", "llm", "projector", "mask_head") for m in slots[slot].modules())
-    assert task.model.llm.causal_lm.is_gradient_checkpointing
+    assert task.model.llm.causal_lm.is_activation_checkpointing
     assert task.model.compressor.num_tokens(SIZE // 32, SIZE // 32) == 64
 
 
@@ -73,20 +75,26 @@ def test_one_training_step_and_one_prediction_at_1024(task: SegEarthTask) -> Non
     images = torch.rand(1, 3, SIZE, SIZE, generator=generator)
     target = torch.zeros(1, SIZE, SIZE, dtype=torch.uint8)
     target[:, 300:700, 200:600] = 1
+    seconds = {}
     started = time.perf_counter()
 
     task.train()
-    features = model.encode(images)  # the frozen encoder runs without autograd; reused for the step below
+    # the frozen encoder runs once, without autograd, in eval mode: its features serve the step and the prediction
+    features = model.encode(images)
     assert [tuple(f.shape) for f in features] == [
         (1, 128, 256, 256), (1, 256, 128, 128), (1, 512, 64, 64), (1, 1024, 32, 32)
     ]
     with torch.no_grad():
         assert tuple(model.compressor(features[-1]).shape) == (1, 64, 2048)  # the 64 visual tokens
+    seconds["encoder"] = time.perf_counter() - started
+
+    started = time.perf_counter()
     out = model(None, [QUESTION], [ANSWER], features=features)
     terms = task._loss(out, target, point_sampled=task.config["loss"]["point_sample"])
     assert len(out.aux_logits) == 9 and out.lm_loss is not None
     assert all(torch.isfinite(t) for t in terms.values())
     terms["loss"].backward()
+    seconds["training step"] = time.perf_counter() - started
     for slot, module in model.slots().items():
         for name, param in module.named_parameters():
             if TRAINABLE[slot]:
@@ -99,13 +107,12 @@ def test_one_training_step_and_one_prediction_at_1024(task: SegEarthTask) -> Non
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2).step()
     assert not torch.equal(probe.detach(), before)
     model.zero_grad(set_to_none=True)
-    step_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     task.eval()
     with torch.no_grad():
-        prediction = model(images, [QUESTION])
-    predict_seconds = time.perf_counter() - started
+        prediction = model(None, [QUESTION], features=features)
+    seconds["prediction"] = time.perf_counter() - started
     assert tuple(prediction.mask_logits.shape) == (1, SIZE // 4, SIZE // 4) and prediction.output_stride == 4
     assert torch.isfinite(prediction.mask_logits).all()
     assert tuple(upsample_logits(prediction.mask_logits, (SIZE, SIZE)).shape) == (1, SIZE, SIZE)
@@ -114,6 +121,6 @@ def test_one_training_step_and_one_prediction_at_1024(task: SegEarthTask) -> Non
     assert mask.shape == (1500, 1000) and mask.dtype == torch.bool
 
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
-    print(f"\nfaithful model at {SIZE}²: training step {step_seconds:.0f} s, prediction {predict_seconds:.0f} s, "
-          f"peak RSS {peak_gb:.1f} GB")
+    print(f"\nfaithful model at {SIZE}²: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+          + f", peak RSS {peak_gb:.1f} GiB")
     assert peak_gb < 18, "the training step should stay well inside a 24 GB machine"
