@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import platform
+import socket
+import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,41 @@ def flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+TRACKED_PACKAGES = ("torch", "lightning", "transformers", "peft", "timm", "mlflow")
+
+
+def _git_state() -> dict[str, str]:
+    """Commit and dirty flag of the checkout the code runs from (empty outside a git checkout)."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if not commit:
+        return {}
+    return {"git.commit": commit, "git.dirty": str(bool(git("status", "--porcelain", "--untracked-files=no")))}
+
+
+def run_tags() -> dict[str, str]:
+    """Tags every run carries: code version, package versions, host and device."""
+    import torch
+
+    tags = _git_state()
+    for package in TRACKED_PACKAGES:
+        try:
+            tags[f"version.{package}"] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    tags["host"] = socket.gethostname()
+    tags["platform"] = platform.platform()
+    tags["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    return tags
 
 
 def make_logger(cfg: dict[str, Any], run_dir: Path, run_name: str):
@@ -46,6 +85,7 @@ def make_logger(cfg: dict[str, Any], run_dir: Path, run_name: str):
         tracking_uri=uri,
         artifact_location=artifact_location,
         log_model=False,
+        tags=run_tags(),
     )
     return logger
 

@@ -1,0 +1,102 @@
+"""Comparing runs: ``segearth runs`` (a table of MLflow runs by component) and ``segearth ui`` (the MLflow server)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from framework.errors import UserError
+
+SLOTS = ("encoder", "compressor", "llm", "projector", "mask_head")
+METRICS = ("val/giou", "val/ciou", "test/giou", "test/ciou", "test_shuffled/giou")
+HPARAMS = ("model.compressor.ratio", "optim.lr", "data.image_size")
+
+
+def runs_table(uri: str, experiments: list[str] | None = None, filter_string: str = "") -> list[dict[str, Any]]:
+    """One row per run of the named experiments (all when None): components, key hparams, metrics, wall time."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        if experiments:
+            found = [client.get_experiment_by_name(name) for name in experiments]
+            missing = [name for name, exp in zip(experiments, found) if exp is None]
+            if missing:
+                raise UserError(f"no MLflow experiment named {', '.join(missing)} in {uri}")
+        else:
+            found = client.search_experiments()
+        runs = client.search_runs(
+            [exp.experiment_id for exp in found], filter_string=filter_string, order_by=["attributes.start_time ASC"]
+        )
+    except MlflowException as exc:
+        raise UserError(f"{uri}: {str(exc).splitlines()[0]}") from None
+    names = {exp.experiment_id: exp.name for exp in found}
+    rows = []
+    for run in runs:
+        params, metrics = run.data.params, run.data.metrics
+        end = run.info.end_time or int(time.time() * 1000)
+        row: dict[str, Any] = {
+            "experiment": names[run.info.experiment_id],
+            "run": run.info.run_name,
+            "status": run.info.status,
+        }
+        for slot in SLOTS:
+            row[slot] = params.get(f"model.{slot}.name", "–" if slot == "compressor" else "")
+        for key in HPARAMS:
+            row[key] = params.get(key, "")
+        for key in METRICS:
+            row[key] = round(metrics[key], 4) if key in metrics else ""
+        row["wall_s"] = round((end - run.info.start_time) / 1000)
+        rows.append(row)
+    return rows
+
+
+def render(rows: list[dict[str, Any]], fmt: str) -> str:
+    """``table`` (aligned text), ``markdown`` or ``csv``."""
+    if not rows:
+        return "no runs"
+    columns = list(rows[0])
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().rstrip("\n")
+    cells = [[str(row[c]) for c in columns] for row in rows]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in cells])
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    fmt_row = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))  # noqa: E731
+    return "\n".join([fmt_row(columns), fmt_row(["-" * w for w in widths]), *map(fmt_row, cells)])
+
+
+def serve(uri: str, port: int, artifacts: str | None = None) -> subprocess.Popen:
+    """Start ``mlflow server`` on 127.0.0.1 over the store ``uri``; returns the process once it answers."""
+    import urllib.request
+
+    beside = Path(sys.executable).parent / "mlflow"  # the venv's, also when the venv is not activated
+    mlflow = str(beside) if beside.exists() else (shutil.which("mlflow") or "mlflow")
+    command = [mlflow, "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if artifacts:
+        command += ["--default-artifact-root", artifacts]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise UserError(f"mlflow server exited: {process.stderr.read().strip().splitlines()[-1:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            time.sleep(0.5)
+    process.terminate()
+    raise UserError(f"mlflow server did not answer on 127.0.0.1:{port} within 60 s")
