@@ -45,6 +45,7 @@ class DataSchema:
     bands: Optional[list[int]] = None  # three 1-based band numbers used as R, G, B (multiband images)
     scale: Union[str, int, float] = "auto"  # >8-bit data: "auto" = 2-98 % stretch; a number divides
     on_bad_sample: str = "error"  # "error" | "skip" (skipped files are listed and logged)
+    augment: Optional[dict[str, Any]] = None  # train split only; keys and meaning: framework/data/augment.py
 
 
 @dataclass
@@ -201,6 +202,12 @@ def _check_choices(path: Path, cfg: dict) -> None:
     for key in ("train_questions", "eval_questions"):
         if cfg["data"][key] not in ("all", "first"):
             raise ConfigError(f"{path}: data.{key} must be 'all' or 'first', got {cfg['data'][key]!r}")
+    from framework.data.augment import augment_from_config
+
+    try:
+        augment_from_config(cfg["data"]["augment"])
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     for slot in ("encoder", "llm", "projector", "mask_head"):
         if not cfg["model"][slot]:
             raise ConfigError(f"{path}: model.{slot} is missing (needs at least 'name')")

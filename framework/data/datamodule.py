@@ -1,4 +1,5 @@
-"""The LightningDataModule: datasets by registered format, letterboxed batches, the shuffled-question control."""
+"""The LightningDataModule: datasets by registered format, letterboxed batches, the shuffled-question control.
+Only the ``train`` stage is augmented (``data.augment``, see ``framework.data.augment``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from framework.data.augment import augment_from_config
 from framework.errors import ConfigError, DataError
 from framework.registry import DATASETS
 
@@ -38,17 +40,19 @@ class ShuffledQuestions(Dataset):
         return item
 
 
-def build_dataset(data_cfg: dict[str, Any], split: str, questions: str) -> Dataset:
-    """The registered dataset format of ``data_cfg`` for one split."""
+def build_dataset(data_cfg: dict[str, Any], split: str, questions: str, augmented: bool = False) -> Dataset:
+    """The registered dataset format of ``data_cfg`` for one split; with ``augmented``, items follow
+    ``data_cfg['augment']`` (checked before any file is read)."""
     import framework.data.formats  # noqa: F401  (registers the built-in formats)
 
+    augment = augment_from_config(data_cfg.get("augment")) if augmented else None
     if not data_cfg.get("root"):
         raise ConfigError("data.root is not set (the folder that holds the dataset)")
     root = Path(data_cfg["root"])
     if not root.is_dir():
         raise DataError(f"{root}: data directory not found")
     cls = DATASETS.get(data_cfg["format"])
-    return cls(
+    dataset = cls(
         root=str(root),
         split=split,
         image_size=data_cfg["image_size"],
@@ -57,6 +61,8 @@ def build_dataset(data_cfg: dict[str, Any], split: str, questions: str) -> Datas
         scale=data_cfg["scale"],
         on_bad_sample=data_cfg["on_bad_sample"],
     )
+    dataset.augment = augment
+    return dataset
 
 
 class ReasoningDataModule(L.LightningDataModule):
@@ -75,7 +81,7 @@ class ReasoningDataModule(L.LightningDataModule):
             else:
                 split = self.cfg[f"{stage}_split"]
                 questions = self.cfg["train_questions"] if stage == "train" else self.cfg["eval_questions"]
-                self.datasets[stage] = build_dataset(self.cfg, split, questions)
+                self.datasets[stage] = build_dataset(self.cfg, split, questions, augmented=stage == "train")
         return self.datasets[stage]
 
     def _loader(self, stage: str, train: bool) -> DataLoader:

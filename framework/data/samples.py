@@ -8,6 +8,10 @@ Bad samples (``on_bad_sample``): with ``'error'`` the first bad entry raises a D
 decoded in ``__getitem__`` is listed too, and the next readable sample is returned in its place with its own
 ``id``, question and mask, so an item never mixes two samples (an evaluation then counts that sample twice; the
 warning says so). Under ``'error'`` nothing is ever returned in place of a bad sample.
+
+``augment`` (None except on a training split, where the data module sets it): each item is augmented on its
+native pixels, before letterboxing, so the mask goes through exactly the geometry of the image; the random
+draw is seeded from torch's generator, which ``seed_everything`` and the data loader's worker seeding fix.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from framework.data.augment import QuestionAwareAugment
 from framework.data.images import check_bands, check_scale, read_image, read_mask
 from framework.data.transforms import letterbox_image, letterbox_mask
 from framework.errors import ConfigError, DataError
@@ -107,6 +112,7 @@ class SampleDataset(Dataset):
         self.samples: list[Sample] = []
         self.skipped: list[tuple[str, str]] = []
         self._unreadable: set[int] = set()
+        self.augment: QuestionAwareAugment | None = None
 
     @contextmanager
     def entry(self, where: str | Path) -> Iterator[None]:
@@ -150,13 +156,17 @@ class SampleDataset(Dataset):
     def item(self, index: int) -> dict:
         sample = self.samples[index]
         image, mask = self.load(sample)
+        question, answer = sample.question, sample.answer
+        if self.augment is not None:
+            seed = int(torch.randint(2**31, (1,)))
+            image, mask, question, answer = self.augment(image, mask, question, answer, seed)
         pixels, box = letterbox_image(Image.fromarray(image), self.image_size)
         return {
             "image": pixels,
             "mask": letterbox_mask(mask, self.image_size),
             "box": torch.tensor(box),
-            "question": sample.question,
-            "answer": sample.answer,
+            "question": question,
+            "answer": answer,
             "id": index,
             "stem": sample.stem,
             "concept": sample.concept,
