@@ -61,6 +61,15 @@ def cmd_data_synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n} samples" for split, n in counts.items()))
 
 
+def cmd_data_dubai(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from framework.data.dubai import convert_dubai
+
+    counts = convert_dubai(Path(args.src), Path(args.out), seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {args.out}: " + ", ".join(f"{split} {n} samples" for split, n in counts.items()))
+
+
 def cmd_components(args: argparse.Namespace) -> None:
     from framework.describe import describe_components
 
@@ -108,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples-per-scene", type=int, default=3, help="questions asked of each scene (default 3)")
     s.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
     s.set_defaults(func=cmd_data_synth)
+    s = data_sub.add_parser(
+        "dubai",
+        help="convert the Dubai aerial tiles (real masks) to EarthReason layout with templated questions",
+        description="Convert the Dubai aerial tiles to EarthReason layout: tiles 1-5 train, tile 6 val; images are "
+        "symlinked, labels are one binary mask per class, questions are templated implicit phrasings.",
+    )
+    s.add_argument("--src", required=True, help="folder holding tile-1 .. tile-6 (e.g. ../shared/data/dubai-aerial)")
+    s.add_argument("--out", required=True, help="output folder (outside the repository's tracked files)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the question draw (default 0)")
+    s.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    s.set_defaults(func=cmd_data_dubai)
 
     p = sub.add_parser(
         "components",

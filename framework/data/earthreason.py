@@ -7,6 +7,7 @@ no target, and then the label must be empty). Extra keys are kept as metadata (`
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset
@@ -97,3 +98,17 @@ class EarthReasonDataset(SampleDataset):
                     Sample(stem, found["image"][stem], mask, q, answer, has_target, concept) for q in chosen
                 ]
         self.finish_index(split_dir)
+
+
+def prepare_split_folders(out: Path, splits: tuple[str, ...], overwrite: bool) -> None:
+    """Create ``out/<split>/{images,labels,QAs}`` for writers of this layout; a split that already holds files is
+    refused unless ``overwrite``, which empties only those three folders."""
+    for split in splits:
+        folder = out / split
+        if folder.is_dir() and any(p.is_file() or p.is_symlink() for p in folder.rglob("*")):
+            if not overwrite:
+                raise DataError(f"{folder} already contains files; refusing to overwrite them (use overwrite)")
+            for sub in ("images", "labels", "QAs"):
+                shutil.rmtree(folder / sub, ignore_errors=True)
+        for sub in ("images", "labels", "QAs"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)

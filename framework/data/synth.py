@@ -42,13 +42,13 @@ from __future__ import annotations
 import io
 import json
 import math
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from framework.data.earthreason import prepare_split_folders
 from framework.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -1238,7 +1238,7 @@ def write_synthetic_dataset(out: Path, n: int, seed: int, image_size: int = 256,
     """
     out = Path(out)
     _check_arguments(out, n, seed, image_size, samples_per_scene)
-    _prepare_folders(out, overwrite)
+    prepare_split_folders(out, SPLITS, overwrite)
     counts = dict.fromkeys(SPLITS, 0)
     sizes = split_sizes(n)
     splits = [split for split in SPLITS for _ in range(sizes[split])]
@@ -1278,18 +1278,6 @@ def _check_arguments(out: Path, n: int, seed: int, image_size: int, samples_per_
         raise DataError(f"synthetic image size must be >= {MIN_IMAGE_SIZE} pixels, got {image_size}")
     if not 1 <= samples_per_scene <= len(CLASS_CONCEPTS):
         raise DataError(f"samples per scene must be in 1..{len(CLASS_CONCEPTS)}, got {samples_per_scene}")
-
-
-def _prepare_folders(out: Path, overwrite: bool) -> None:
-    for split in SPLITS:
-        folder = out / split
-        if folder.is_dir() and any(p.is_file() for p in folder.rglob("*")):
-            if not overwrite:
-                raise DataError(f"{folder} already contains files; refusing to overwrite them (use overwrite)")
-            for sub in ("images", "labels", "QAs"):
-                shutil.rmtree(folder / sub, ignore_errors=True)
-        for sub in ("images", "labels", "QAs"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
 
 
 def _questions(rng: np.random.Generator, concept: str, split: str) -> list[str]:
