@@ -76,6 +76,30 @@ def cmd_components(args: argparse.Namespace) -> None:
     print(describe_components(args.slot))
 
 
+def _tracking_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    from framework.dashboard import render, runs_table
+
+    rows = runs_table(_tracking_uri(args.uri), args.experiment, args.filter or "", args.param)
+    print(render(rows, args.format))
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from framework.dashboard import serve
+
+    uri = _tracking_uri(args.uri)
+    process = serve(uri, args.port)
+    print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C stops it)")
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait(timeout=20)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segearth",
@@ -136,6 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--slot", help="only this slot (encoder, compressor, llm, projector, mask_head, dataset)")
     p.set_defaults(func=cmd_components)
+
+    p = sub.add_parser(
+        "runs",
+        help="compare tracked runs in a table",
+        description="One row per MLflow run: components per slot, key hyperparameters, val/test gIoU and cIoU, wall time.",
+    )
+    p.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    p.add_argument("--experiment", action="append", help="only this MLflow experiment (repeatable)")
+    p.add_argument("--filter", help="MLflow filter, e.g. \"tags.sweep = 's1'\" or \"params.`model.compressor.name` = 'perceiver'\"")
+    p.add_argument("--param", action="append", help="also show this param column, e.g. model.llm.pooling")
+    p.add_argument("--format", choices=("table", "markdown", "csv"), default="table")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1", description="Serve the MLflow UI over the store.")
+    p.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
 
     from framework.convert import add_convert_parser
 

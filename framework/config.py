@@ -85,6 +85,8 @@ class EvalSchema:
     threshold: float = 0.0  # logit threshold (0 = sigmoid 0.5, as the reference)
     shuffled_control: bool = True
     shuffle_seed: int = 0
+    native: bool = True  # also score each image at its native resolution (logits cut out of the letterbox, resized)
+    overlays: int = 8  # `segearth test`: PNG overlays of the first N test samples (0 = none)
 
 
 @dataclass

@@ -18,8 +18,11 @@ METRICS = ("val/giou", "val/ciou", "test/giou", "test/ciou", "test_shuffled/giou
 HPARAMS = ("model.compressor.ratio", "optim.lr", "data.image_size")
 
 
-def runs_table(uri: str, experiments: list[str] | None = None, filter_string: str = "") -> list[dict[str, Any]]:
-    """One row per run of the named experiments (all when None): components, key hparams, metrics, wall time."""
+def runs_table(
+    uri: str, experiments: list[str] | None = None, filter_string: str = "", params: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per run of the named experiments (all when None): components, key hparams (plus ``params``),
+    metrics, wall time."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -39,6 +42,7 @@ def runs_table(uri: str, experiments: list[str] | None = None, filter_string: st
         raise UserError(f"{uri}: {str(exc).splitlines()[0]}") from None
     names = {exp.experiment_id: exp.name for exp in found}
     rows = []
+    extra = params
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
         end = run.info.end_time or int(time.time() * 1000)
@@ -49,7 +53,7 @@ def runs_table(uri: str, experiments: list[str] | None = None, filter_string: st
         }
         for slot in SLOTS:
             row[slot] = params.get(f"model.{slot}.name", "–" if slot == "compressor" else "")
-        for key in HPARAMS:
+        for key in (*HPARAMS, *(extra or ())):
             row[key] = params.get(key, "")
         for key in METRICS:
             row[key] = round(metrics[key], 4) if key in metrics else ""

@@ -3,7 +3,8 @@
 Per sample i: I_i = |P∧G|, U_i = |P∨G|; iou_i = I_i/U_i, and 1 when U_i = 0 (empty target predicted empty).
 gIoU = mean_i iou_i; cIoU = Σ I_i / Σ U_i; Pr@t = share of samples with iou_i > t (strict).
 The counts are exact integers per sample, kept with the sample's id: under DDP, the distributed sampler's
-padding repeats samples, and a repeated id is counted once.
+padding repeats samples, and a repeated id is counted once. Masks of different sizes (each image at its native
+resolution) go in one ``update`` each.
 """
 
 from __future__ import annotations
@@ -108,7 +109,9 @@ class ReasoningSegMetrics(Metric):
         return out
 
     def per_sample(self) -> dict[str, list]:
-        """Per-sample ids, counts and IoU (deduplicated), for results files."""
-        d = self._gathered()
+        """Per-sample ids, counts and IoU of every process (deduplicated, sorted by id), for results files.
+        Under DDP every process must call it (it gathers, as ``compute`` does)."""
+        with self.sync_context():
+            d = self._gathered()
         iou = iou_per_sample(d["inter"], d["union"])
         return {**{k: v.tolist() for k, v in d.items()}, "iou": iou.tolist()}

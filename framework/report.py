@@ -1,20 +1,27 @@
 """Markdown tables of evaluation results: the model beside the shuffled-question control and the trivial floors,
-so gIoU is never read alone (empty-target samples give it a floor)."""
+so gIoU is never read alone (empty-target samples give it a floor), in the letterboxed frame (as the reference
+reports) and, when evaluated, at each image's native resolution."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-COLUMNS = ("giou", "ciou", "pr_0.5")
+COLUMNS = (("giou", "gIoU"), ("ciou", "cIoU"), ("pr_0.5", "Pr@0.5"))
+NATIVE = "native/"
 
 
 def _fmt(value: Any) -> str:
     return "–" if value is None or value != value else f"{value:.3f}"
 
 
-def _row(label: str, metrics: dict[str, Any], prefix: str = "") -> str:
-    cells = [_fmt(metrics.get(f"{prefix}{c}")) for c in COLUMNS]
+def _frames(metrics: dict[str, Any]) -> list[str]:
+    """Key prefixes of the frames present: the letterboxed one, and the native one when it was evaluated."""
+    return ["", NATIVE] if f"{NATIVE}giou" in metrics else [""]
+
+
+def _row(label: str, metrics: dict[str, Any], frames: list[str], stem: str = "") -> str:
+    cells = [_fmt(metrics.get(f"{frame}{stem}{key}")) for frame in frames for key, _ in COLUMNS]
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
@@ -22,35 +29,55 @@ def results_table(results: dict[str, Any], cfg: dict[str, Any]) -> str:
     """Overall table (+ per-concept table when the data names concepts) for ``evaluate``'s results."""
     split = "val" if "val" in results and "test" not in results else "test"
     metrics = results[split]["metrics"] if split == "test" else results[split]
-    header = f"| {cfg['name']} · {split} split (n={metrics.get('n')}) | gIoU | cIoU | Pr@0.5 |\n|---|---|---|---|"
-    lines = [header, _row("model, true questions", metrics)]
+    frames = _frames(metrics)
+    size = cfg["data"]["image_size"]
+    titles = [f"{'native ' if frame else ''}{title}" for frame in frames for _, title in COLUMNS]
+    lines = [
+        f"Scores in the {size}×{size} letterboxed frame (as the reference computes them)"
+        + (" and at each image's native resolution (native …)." if NATIVE in frames else "."),
+        "",
+        f"| {cfg['name']} · {split} split (n={metrics.get('n')}) | " + " | ".join(titles) + " |",
+        "|---" * (len(titles) + 1) + "|",
+        _row("model, true questions", metrics, frames),
+    ]
     if "test_shuffled" in results:
-        lines.append(_row("model, questions shuffled across images", results["test_shuffled"]["metrics"]))
-    lines.append(_row("floor: always predict empty", metrics, "floor_empty_"))
-    lines.append(_row("floor: always predict the whole image", metrics, "floor_full_"))
-    if metrics.get("n_empty"):
-        lines.append(
-            f"\nEmpty-target samples: {metrics['n_empty']} of {metrics['n']}; predicted empty: "
-            f"{_fmt(metrics['empty_accuracy'])}."
-        )
+        lines.append(_row("model, questions shuffled across images", results["test_shuffled"]["metrics"], frames))
+    lines.append(_row("floor: always predict empty", metrics, frames, "floor_empty_"))
+    lines.append(_row("floor: always predict the whole image", metrics, frames, "floor_full_"))
+    lines.append("")
+    lines.append(empty_target_line(metrics, frames))
     if split == "test":
         lines.append(concept_table(results["test"]["samples"]))
-    return "\n".join(line for line in lines if line)
+    return "\n".join(lines).rstrip()
+
+
+def empty_target_line(metrics: dict[str, Any], frames: list[str]) -> str:
+    """How many samples have no target, and the share of them the model predicted empty (per frame)."""
+    if not metrics.get("n_empty"):
+        return f"Empty-target samples: none of {metrics.get('n')}."
+    shares = ", ".join(
+        f"{_fmt(metrics[f'{frame}empty_accuracy'])} ({'native' if frame else 'frame'})" for frame in frames
+    )
+    return f"Empty-target samples: {metrics['n_empty']} of {metrics['n']}; share predicted empty: {shares}."
 
 
 def concept_table(samples: list[dict[str, Any]]) -> str:
-    """gIoU / cIoU per ``concept`` of the samples (empty when the data has no concepts)."""
+    """gIoU / cIoU per ``concept`` of the samples, per frame (empty when the data has no concepts)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for s in samples:
         if s.get("concept"):
             groups[s["concept"]].append(s)
     if not groups:
         return ""
-    lines = ["\n| concept | n | gIoU | cIoU |", "|---|---|---|---|"]
+    frames = ["", NATIVE] if f"{NATIVE}iou" in samples[0] else [""]
+    titles = [f"{'native ' if frame else ''}{title}" for frame in frames for title in ("gIoU", "cIoU")]
+    lines = ["", "| concept | n | " + " | ".join(titles) + " |", "|---" * (len(titles) + 2) + "|"]
     for concept in sorted(groups):
         rows = groups[concept]
-        giou = sum(r["iou"] for r in rows) / len(rows)
-        union = sum(r["union"] for r in rows)
-        ciou = sum(r["inter"] for r in rows) / union if union else float("nan")
-        lines.append(f"| {concept} | {len(rows)} | {_fmt(giou)} | {_fmt(ciou)} |")
+        cells = []
+        for frame in frames:
+            union = sum(r[f"{frame}union"] for r in rows)
+            cells.append(_fmt(sum(r[f"{frame}iou"] for r in rows) / len(rows)))
+            cells.append(_fmt(sum(r[f"{frame}inter"] for r in rows) / union if union else float("nan")))
+        lines.append(f"| {concept} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

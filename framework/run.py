@@ -99,43 +99,73 @@ def fit(cfg: dict[str, Any]) -> Path:
     return run_dir
 
 
+def _check_collectable(trainer) -> None:
+    """Evaluation results live in the processes that computed them: strategies that run the work in spawned or
+    forked children of this process return only logged scalars, not the per-sample results."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        raise ConfigError(
+            "trainer.strategy: spawned or forked workers cannot return evaluation results; "
+            "evaluate on several devices with strategy=ddp (or under torchrun/SLURM)"
+        )
+
+
 def evaluate(cfg: dict[str, Any], ckpt: str | None, stage: str = "test", out: str | None = None) -> dict:
     """``validate`` or ``test`` a checkpoint; ``test`` also runs the shuffled-question control (config
-    ``eval.shuffled_control``) and writes results.json + results.md."""
+    ``eval.shuffled_control``) and writes results.json + results.md and ``eval.overlays`` prediction overlays.
+
+    Under DDP (``trainer.devices`` > 1, strategy ``ddp``) every process evaluates its share and gets the
+    gathered results; only rank 0 makes folders, writes, prints and logs to MLflow.
+    """
     import lightning as L
     import torch
+    from lightning.pytorch.utilities import rank_zero_only
 
     from framework.data.datamodule import ReasoningDataModule
+    from framework.overlays import write_overlays
     from framework.report import results_table
     from framework.task import SegEarthTask
     from framework.tracking import log_run_files, make_logger
 
-    trainer_kwargs = {k: v for k, v in _trainer_kwargs(cfg).items() if k in ("accelerator", "devices", "precision")}
+    passed = ("accelerator", "devices", "num_nodes", "precision", "strategy")
+    trainer_kwargs = {k: v for k, v in _trainer_kwargs(cfg).items() if k in passed}
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, **trainer_kwargs)
+    _check_collectable(trainer)
     data = ReasoningDataModule(cfg["data"], seed=cfg["seed"], shuffled_control_seed=cfg["eval"]["shuffle_seed"])
     data.dataset(stage if stage == "test" else "val")
+    ckpt_path = resolve_checkpoint(cfg, ckpt) if ckpt else None
+    # rank from the launcher's environment (DDP re-runs this command in every process): only rank 0 writes
+    writer = rank_zero_only.rank == 0
+    logger = None
+    if writer:
+        out_dir = Path(out) if out else (ckpt_path.parent.parent if ckpt_path else new_run_dir(cfg))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        logger = make_logger(cfg, out_dir, f"{cfg['name']}-{stage}")
+        trainer.logger = logger
     _seed(cfg)
     task = SegEarthTask(cfg)
-    ckpt_path = resolve_checkpoint(cfg, ckpt) if ckpt else None
     if ckpt_path is not None:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         task.on_load_checkpoint(checkpoint)
         task.load_state_dict(checkpoint["state_dict"])
-    out_dir = Path(out) if out else (ckpt_path.parent.parent if ckpt_path else new_run_dir(cfg))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    logger = make_logger(cfg, out_dir, f"{cfg['name']}-{stage}")
-    trainer = L.Trainer(logger=logger if logger is not None else False, enable_checkpointing=False, **trainer_kwargs)
     started = time.time()
-    if stage == "validate":
-        trainer.validate(task, dataloaders=data.val_dataloader(), verbose=False)
-        results = {"val": task.results["val"]}
-    else:
-        trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)
-        if cfg["eval"]["shuffled_control"]:
-            task.test_prefix = "test_shuffled"
-            trainer.test(task, dataloaders=data.shuffled_test_dataloader(), verbose=False)
-        results = dict(task.results)
+    with warnings.catch_warnings():
+        # the metrics count a sample repeated by the distributed sampler's padding once
+        warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders")
+        if stage == "validate":
+            trainer.validate(task, dataloaders=data.val_dataloader(), verbose=False)
+            results = {"val": task.results["val"]}
+        else:
+            trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)
+            if cfg["eval"]["shuffled_control"]:
+                task.test_prefix = "test_shuffled"
+                trainer.test(task, dataloaders=data.shuffled_test_dataloader(), verbose=False)
+            results = dict(task.results)
     results["wall_s"] = round(time.time() - started, 1)
     results["checkpoint"] = str(ckpt_path) if ckpt_path else None
+    if not writer:
+        return results
     json_path = out_dir / f"results_{stage}.json" if stage != "test" else out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=2))
     table = results_table(results, cfg)
@@ -144,4 +174,10 @@ def evaluate(cfg: dict[str, Any], ckpt: str | None, stage: str = "test", out: st
     print(table)
     print(f"results: {json_path}")
     log_run_files(logger, cfg, [json_path, md_path])
+    if stage == "test" and task.overlay_predictions:
+        overlay_dir = out_dir / "overlays"
+        write_overlays(data.dataset("test"), task.overlay_predictions, overlay_dir)
+        print(f"overlays: {overlay_dir}")
+        if logger is not None:
+            logger.experiment.log_artifacts(logger.run_id, str(overlay_dir), artifact_path="overlays")
     return results

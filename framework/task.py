@@ -1,5 +1,10 @@
 """The LightningModule: mask losses with deep supervision (+ LM loss), exact metrics, per-slot optimiser groups,
-cosine schedule with linear warm-up (the reference's recipe), and slim checkpoints."""
+cosine schedule with linear warm-up (the reference's recipe), and slim checkpoints.
+
+Evaluation scores every sample twice: in the letterboxed frame (as the reference, comparable to its numbers) and,
+with ``eval.native``, at the image's native resolution (logits cut out of the letterbox and resized bilinearly,
+against the mask as stored). Under DDP the metrics and the per-sample rows are gathered from every process and a
+sample repeated by the distributed sampler's padding counts once."""
 
 from __future__ import annotations
 
@@ -7,13 +12,17 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import nn
 
+from framework.data.datamodule import ShuffledQuestions
+from framework.data.samples import SampleDataset
 from framework.data.transforms import box_mask
 from framework.losses import mask_loss
 from framework.metrics import ReasoningSegMetrics
 from framework.model import ModelOutput, SegEarthModel, upsample_logits
+from framework.postprocess import unletterbox
 
 
 def _fingerprint(module: nn.Module) -> list[float]:
@@ -29,10 +38,16 @@ class SegEarthTask(L.LightningModule):
         self.save_hyperparameters({"config": config})
         self.config = config
         self.model = SegEarthModel(config["model"])
-        self.metrics = nn.ModuleDict({"val": ReasoningSegMetrics(), "test": ReasoningSegMetrics()})
+        # "<stage>": in the letterboxed frame (reference-comparable); "<stage>_native": each image's own size
+        self.metrics = nn.ModuleDict(
+            {name: ReasoningSegMetrics() for name in ("val", "test", "val_native", "test_native")}
+        )
         self.test_prefix = "test"  # "test_shuffled" for the shuffled-question control
         self.results: dict[str, dict] = {}
+        self.overlay_predictions: dict[int, np.ndarray] = {}  # id -> bool [H0,W0], first ``eval.overlays`` ids
         self._rows: list[dict] = []
+        self._kept: dict[int, np.ndarray] = {}
+        self._overlay_ids: range = range(0)
 
     # ---------------------------------------------------------------- losses
     def _loss(self, out: ModelOutput, targets: torch.Tensor, point_sampled: bool) -> dict[str, torch.Tensor]:
@@ -66,29 +81,85 @@ class SegEarthTask(L.LightningModule):
         return terms["loss"]
 
     # ---------------------------------------------------------------- evaluation
-    def _evaluate(self, batch: dict, metric: ReasoningSegMetrics) -> ModelOutput:
+    @property
+    def _native(self) -> bool:
+        return bool(self.config["eval"]["native"])
+
+    def _source_dataset(self, stage: str) -> SampleDataset:
+        """The dataset being evaluated (its ``samples`` indexed by the batches' ids); the shuffled control's
+        underlying samples, whose masks are unchanged."""
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        dataset = loaders.dataset
+        return dataset.dataset if isinstance(dataset, ShuffledQuestions) else dataset
+
+    def _evaluate(self, batch: dict, stage: str) -> ModelOutput:
+        """Model output for a batch; updates the letterboxed-frame metric of ``stage`` and, with ``eval.native``,
+        the native-resolution one; keeps the native predictions of the samples wanted for overlays."""
         out = self.model(batch["image"], batch["question"])
         size = tuple(batch["image"].shape[-2:])
-        pred = upsample_logits(out.mask_logits, size) > self.config["eval"]["threshold"]
-        metric.update(pred, batch["mask"], batch["id"], box_mask(batch["box"], size[0]))
+        threshold = self.config["eval"]["threshold"]
+        pred = upsample_logits(out.mask_logits, size) > threshold
+        self.metrics[stage].update(pred, batch["mask"], batch["id"], box_mask(batch["box"], size[0]))
+        ids = batch["id"].tolist()
+        wanted = self._overlay_ids if stage == "test" and self.test_prefix == "test" else range(0)
+        rows = [k for k, i in enumerate(ids) if self._native or i in wanted]
+        if not rows:
+            return out
+        dataset = self._source_dataset(stage)
+        # native ground truth from the files (the batch only holds the letterboxed mask)
+        targets = [torch.from_numpy(dataset.load(dataset.samples[ids[k]])[1]) for k in rows]
+        preds = unletterbox(
+            out.mask_logits[rows], batch["box"][rows], [tuple(t.shape) for t in targets], size[0], threshold
+        )
+        for k, p, t in zip(rows, preds, targets, strict=True):
+            if self._native:
+                self.metrics[f"{stage}_native"].update(p[None], t[None].to(p.device), batch["id"][k : k + 1])
+            if ids[k] in wanted:
+                self._kept[ids[k]] = p.cpu().numpy()
         return out
 
+    def _compute(self, stage: str) -> tuple[dict[str, float], dict[str, list]]:
+        """(metrics, per-sample counts) of every process for ``stage``, native ones under ``native/``; resets."""
+        metrics = [("", self.metrics[stage])] + ([("native/", self.metrics[f"{stage}_native"])] if self._native else [])
+        values: dict[str, float] = {}
+        samples: dict[str, list] = {}
+        for prefix, metric in metrics:
+            values.update({f"{prefix}{k}": v for k, v in metric.compute().items()})
+            per_sample = metric.per_sample()
+            if samples and per_sample["ids"] != samples["ids"]:
+                raise RuntimeError("frame and native metrics saw different samples")
+            samples["ids"] = per_sample["ids"]
+            samples.update({f"{prefix}{k}": per_sample[k] for k in ("iou", "inter", "union")})
+            metric.reset()
+        return values, samples
+
+    def _log_metrics(self, prefix: str, values: dict[str, float]) -> None:
+        """Scores only (no counts, no floors: those are in the results files)."""
+        loggable = {k: v for k, v in values.items() if "floor" not in k and k.split("/")[-1] not in ("n", "n_empty")}
+        # already gathered, so equal on every process: the max of equal values keeps them exact (a mean over 3
+        # processes may not), and a synced value spares Lightning's "use sync_dist=True" warning under DDP
+        self.log_dict({f"{prefix}/{k}": float(v) for k, v in loggable.items()}, sync_dist=True, reduce_fx="max")
+
+    def _gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every process (a list of one outside DDP)."""
+        if self.trainer.world_size == 1:
+            return [obj]
+        gathered: list[Any] = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(gathered, obj)
+        return gathered
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self._evaluate(batch, self.metrics["val"])
+        out = self._evaluate(batch, "val")
         terms = self._loss(out, batch["mask"], point_sampled=False)  # full-mask: deterministic val loss
         self.log("val/loss", terms["loss"], batch_size=batch["image"].shape[0], on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        values = self.metrics["val"].compute()
-        self.metrics["val"].reset()
+        values, _ = self._compute("val")
         self.results["val"] = values
-        self.log_dict(
-            {f"val/{k}": float(v) for k, v in values.items() if not k.startswith("floor") and k != "n"},
-            sync_dist=False,
-        )
+        self._log_metrics("val", values)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, self.metrics["test"])
+        self._evaluate(batch, "test")
         for i in range(len(batch["question"])):
             self._rows.append(
                 {
@@ -101,22 +172,19 @@ class SegEarthTask(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._rows = []
+        self._kept = {}
+        self._overlay_ids = range(self.config["eval"]["overlays"])
 
     def on_test_epoch_end(self) -> None:
-        metric = self.metrics["test"]
-        values = metric.compute()
-        samples = metric.per_sample()
-        metric.reset()
-        rows = {r["id"]: r for r in self._rows}
+        values, samples = self._compute("test")
+        rows = {r["id"]: r for part in self._gather(self._rows) for r in part}
         per_sample = [
-            {**rows[i], "iou": iou, "inter": inter, "union": union}
-            for i, iou, inter, union in zip(samples["ids"], samples["iou"], samples["inter"], samples["union"])
-            if i in rows
+            {**rows[i], **{k: v[n] for k, v in samples.items() if k != "ids"}} for n, i in enumerate(samples["ids"])
         ]
         self.results[self.test_prefix] = {"metrics": values, "samples": per_sample}
-        self.log_dict(
-            {f"{self.test_prefix}/{k}": float(v) for k, v in values.items() if k != "n"}, sync_dist=False
-        )
+        if self.test_prefix == "test":
+            self.overlay_predictions = {i: m for part in self._gather(self._kept) for i, m in part.items()}
+        self._log_metrics(self.test_prefix, values)
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict:

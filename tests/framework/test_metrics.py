@@ -87,3 +87,23 @@ def test_valid_region_sets_the_whole_image_floor():
 
 def test_iou_per_sample_empty_union_is_one():
     assert iou_per_sample(torch.tensor([0, 1]), torch.tensor([0, 2])).tolist() == [1.0, 0.5]
+
+
+def test_masks_of_different_sizes_per_update_and_per_sample_rows():
+    """Native-resolution scoring: one update per image at its own size; rows come back once per id, by id."""
+    m = ReasoningSegMetrics()
+    big_p = torch.zeros(1, 6, 9, dtype=torch.bool)
+    big_p[0, :2] = True  # 18 px
+    big_g = torch.zeros(1, 6, 9, dtype=torch.bool)
+    big_g[0, 1:3] = True  # 18 px, 9 shared
+    small = torch.ones(1, 2, 3, dtype=torch.bool)
+    m.update(big_p, big_g, torch.tensor([7]))
+    m.update(small, small, torch.tensor([3]))
+    m.update(small, small, torch.tensor([3]))  # DDP padding repeats it
+    rows = m.per_sample()
+    assert rows["ids"] == [3, 7]
+    assert rows["inter"] == [6, 9] and rows["union"] == [6, 27] and rows["valid_area"] == [6, 54]
+    assert rows["iou"] == [1.0, pytest.approx(1 / 3)]
+    r = m.compute()
+    assert r["n"] == 2 and r["ciou"] == pytest.approx(15 / 33)
+    assert r["floor_full_giou"] == pytest.approx((1 + 18 / 54) / 2)

@@ -1,16 +1,20 @@
 """The LightningModule under a real Trainer: frozen parts stay in eval mode, slim checkpoints round-trip,
-the optimiser has per-slot groups and the schedule warms up then decays."""
+the optimiser has per-slot groups and the schedule warms up then decays, and evaluation scores each sample at its
+native resolution too."""
 
 import tempfile
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from framework.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
+from framework.postprocess import unletterbox
 from framework.task import SegEarthTask
 from tests.tiny import tiny_config, write_config
 
@@ -19,6 +23,20 @@ from tests.tiny import tiny_config, write_config
 def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     write_synthetic_dataset(root, n=6, seed=2, image_size=64)
+    return root
+
+
+NATIVE_SHAPE = (60, 96)  # (H, W) of the cropped test images: letterboxed into 64² with 12 rows of padding each side
+
+
+@pytest.fixture(scope="module")
+def nonsquare_root(tmp_path_factory):
+    """Synthetic scenes whose test images and labels are cropped to a landscape 96×60, so the letterbox pads."""
+    root = tmp_path_factory.mktemp("nonsquare")
+    write_synthetic_dataset(root, n=6, seed=3, image_size=96, samples_per_scene=5)
+    top = (96 - NATIVE_SHAPE[0]) // 2
+    for path in [*(root / "test" / "images").iterdir(), *(root / "test" / "labels").iterdir()]:
+        Image.open(path).crop((0, top, NATIVE_SHAPE[1], top + NATIVE_SHAPE[0])).save(path)
     return root
 
 
@@ -87,6 +105,59 @@ def test_param_groups_and_warmup_cosine(synth_root, tmp_path):
     assert factor(0) < factor(1) <= 1.0  # warm-up
     assert factor(4) == pytest.approx(0.0, abs=1e-9)  # cosine to the floor
     assert groups["encoder"]["initial_lr"] == pytest.approx(0.1)
+
+
+def evaluation_task(root, **eval_cfg):
+    """A random-init tiny task whose threshold sits at the median logit of the first test sample, so its masks
+    are neither empty nor full, and its test datamodule."""
+    cfg = _resolved(tiny_config(data={"root": str(root), "eval_batch_size": 3}))
+    cfg["eval"].update(eval_cfg)
+    L.seed_everything(cfg["seed"], verbose=False)
+    task = SegEarthTask(cfg).eval()
+    data = ReasoningDataModule(cfg["data"], seed=0)
+    item = data.dataset("test")[0]
+    with torch.no_grad():
+        cfg["eval"]["threshold"] = float(task.model(item["image"][None], [item["question"]]).mask_logits.median())
+    return task, data
+
+
+def test_native_metrics_score_the_original_pixels(nonsquare_root, tmp_path):
+    task, data = evaluation_task(nonsquare_root)
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, **task.config["trainer"])
+    trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)
+    metrics, rows = task.results["test"]["metrics"], task.results["test"]["samples"]
+    n = len(data.dataset("test"))
+    assert n % 3 and metrics["n"] == metrics["native/n"] == n  # a short last batch
+    assert [r["id"] for r in rows] == list(range(n))
+
+    # the same batches again: cut the logits out of the letterbox, compare with the label files as stored
+    labels = nonsquare_root / "test" / "labels"
+    ious = []
+    with torch.no_grad():
+        for batch in data.test_dataloader():
+            logits = task.model(batch["image"], batch["question"]).mask_logits
+            for k, i in enumerate(batch["id"].tolist()):
+                truth = torch.from_numpy(np.asarray(Image.open(labels / f"{batch['stem'][k]}.png")) > 0)
+                assert truth.shape == NATIVE_SHAPE
+                (pred,) = unletterbox(logits[k : k + 1], batch["box"][k : k + 1], [NATIVE_SHAPE], 64,
+                                      task.config["eval"]["threshold"])
+                inter, union = int((pred & truth).sum()), int((pred | truth).sum())
+                assert (rows[i]["native/inter"], rows[i]["native/union"]) == (inter, union), i
+                ious.append(inter / union if union else 1.0)
+    assert metrics["native/giou"] == pytest.approx(np.mean(ious), abs=1e-12)
+    assert 0 < metrics["native/giou"] < 1
+    assert any(r["native/union"] != r["union"] for r in rows)  # two frames, two sets of counts
+    assert metrics["native/floor_empty_giou"] == metrics["floor_empty_giou"]  # same samples, same empty targets
+
+
+def test_native_off_still_keeps_the_overlay_predictions(nonsquare_root, tmp_path):
+    task, data = evaluation_task(nonsquare_root, native=False, overlays=2)
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, **task.config["trainer"])
+    trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)
+    assert not any(k.startswith("native/") for k in task.results["test"]["metrics"])
+    assert "native/iou" not in task.results["test"]["samples"][0]
+    assert sorted(task.overlay_predictions) == [0, 1]
+    assert all(m.shape == NATIVE_SHAPE and m.dtype == bool for m in task.overlay_predictions.values())
 
 
 def _resolved(cfg):

@@ -1,0 +1,77 @@
+"""Prediction overlays for reading an evaluation by eye: the image at its native resolution with the ground truth
+outlined in green, the prediction filled translucent red and outlined, and the question in a band below."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from framework.data.samples import SampleDataset
+
+GT_COLOUR = (0, 255, 0)
+PRED_COLOUR = (255, 0, 0)
+PRED_FILL_ALPHA = 0.4
+CAPTION_COLOUR = (255, 255, 255)
+CAPTION_MARGIN = 4
+
+
+def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """bool [H,W] -> bool [H,W]: the mask's pixels within ``width`` pixels of its border (the image edge counts as
+    outside, so a region touching it is closed there too)."""
+    padded = np.pad(mask.astype(np.uint8) * 255, width)
+    eroded = np.asarray(Image.fromarray(padded).filter(ImageFilter.MinFilter(2 * width + 1)))
+    return mask & (eroded[width:-width, width:-width] == 0)
+
+
+def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, max_width: int) -> list[str]:
+    """Greedy word wrap to ``max_width`` pixels (a single longer word keeps its own line)."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines = [""]
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}".strip()
+        if lines[-1] and measure.textlength(candidate, font=font) > max_width:
+            lines.append(word)
+        else:
+            lines[-1] = candidate
+    return lines
+
+
+def render_overlay(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, caption: str) -> Image.Image:
+    """uint8 [H,W,3] image, bool [H,W] target and prediction -> RGB image [H + caption band, W]."""
+    height, width = target.shape
+    line = max(1, round(min(height, width) / 256))  # outlines stay visible on large images
+    pixels = image.astype(np.float32)
+    pixels[prediction] = (1 - PRED_FILL_ALPHA) * pixels[prediction] + PRED_FILL_ALPHA * np.array(PRED_COLOUR)
+    pixels = pixels.round().astype(np.uint8)
+    pixels[outline(prediction, line)] = PRED_COLOUR
+    pixels[outline(target, line)] = GT_COLOUR  # drawn last: the reference stays readable where both meet
+
+    font = ImageFont.load_default(size=max(10, width // 40))
+    lines = _wrap(caption, font, width - 2 * CAPTION_MARGIN)
+    line_height = font.getbbox("Ag")[3] + 2
+    band = len(lines) * line_height + 2 * CAPTION_MARGIN
+    canvas = Image.new("RGB", (width, height + band))
+    canvas.paste(Image.fromarray(pixels), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for n, text in enumerate(lines):
+        draw.text((CAPTION_MARGIN, height + CAPTION_MARGIN + n * line_height), text, fill=CAPTION_COLOUR, font=font)
+    return canvas
+
+
+def write_overlays(dataset: SampleDataset, predictions: dict[int, np.ndarray], out_dir: Path) -> list[Path]:
+    """One PNG per predicted sample id, ``<out_dir>/<stem>_<id>.png``, in id order; ``predictions`` holds bool
+    [H0,W0] masks at the sample's native resolution. Returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in sorted(predictions):
+        sample = dataset.samples[index]
+        image, target = dataset.load(sample)
+        prediction = predictions[index]
+        union = np.logical_or(prediction, target).sum()
+        iou = np.logical_and(prediction, target).sum() / union if union else 1.0
+        path = out_dir / f"{sample.stem}_{index}.png"
+        render_overlay(image, target, prediction, f"{sample.question}  (IoU {iou:.2f})").save(path)
+        paths.append(path)
+    return paths
