@@ -154,28 +154,31 @@ def load_causal_lm(
     return model, load_tokenizer(tokenizer, folder)
 
 
-def add_seg_and_pad_tokens(model: nn.Module, tokenizer) -> int:
+def add_seg_and_pad_tokens(model: nn.Module, tokenizer, rows: int | None = None) -> int:
     """Add ``[PAD]`` (if the tokenizer has no pad token) and ``[SEG]`` (an ordinary, non-special token, as the
     reference does); returns the ``[SEG]`` id.
 
-    When tokens were added the embedding table is resized to the tokenizer length and the new rows of the input
-    (and, if untied, output) embeddings are set to the mean of the existing token rows (reference §1.3). A model
-    saved with these tokens already gets nothing added and nothing changed.
+    When tokens were added the embedding table is resized to ``rows`` (default: the tokenizer length) and the rows
+    of the new tokens in the input (and, if untied, output) embeddings are set to the mean of the existing token
+    rows (reference §1.3). A model saved with these tokens already gets nothing added and nothing changed.
     """
     known = len(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.add_tokens([SEG_TOKEN])
-    if len(tokenizer) > known:
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    added = len(tokenizer)
+    if rows is not None and rows < added:
+        raise ConfigError(f"llm.embedding_rows: {rows} is fewer than the tokenizer's {added} tokens")
+    if added > known:
+        model.resize_token_embeddings(rows or added, mean_resizing=False)
         with torch.no_grad():
             inputs = model.get_input_embeddings().weight
-            inputs[known:] = inputs[:known].mean(dim=0)
+            inputs[known:added] = inputs[:known].mean(dim=0)
             outputs = model.get_output_embeddings()
             if outputs is not None and outputs.weight is not inputs:
-                outputs.weight[known:] = outputs.weight[:known].mean(dim=0)
+                outputs.weight[known:added] = outputs.weight[:known].mean(dim=0)
                 if getattr(outputs, "bias", None) is not None:
-                    outputs.bias[known:] = outputs.bias[:known].mean()
+                    outputs.bias[known:added] = outputs.bias[:known].mean()
     seg_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
     if seg_id >= model.get_input_embeddings().num_embeddings:
         raise ConfigError(f"llm: the tokenizer ({len(tokenizer)} tokens) does not fit the model's embedding table")

@@ -73,6 +73,10 @@ class HFCausalLM(LanguageModel):
     question (CPU, LRU of ``question_cache_size`` entries; 0 disables). Each call re-checks those conditions and a
     fingerprint of every parameter (storage, in-place version counter, dtype, device), so trained, reloaded or
     moved weights clear the cache instead of serving stale results.
+
+    ``embedding_rows``: size of the embedding table after ``[SEG]``/pad are added (default: the tokenizer length,
+    as the reference resizes). Set it to keep a reference-sized table with a stand-in tokenizer (e.g. 50297 for
+    Phi-1.5 with the ``byte`` tokenizer, so parameter counts and memory match the reference).
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class HFCausalLM(LanguageModel):
         answer_template: str | None = DEFAULT_ANSWER_TEMPLATE,
         pooling: str = "mean",
         question_cache_size: int = 4096,
+        embedding_rows: int | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -105,7 +110,7 @@ class HFCausalLM(LanguageModel):
             path, package, gguf_file, config, cache_dir, tokenizer, torch_dtype(dtype)
         )
         self.prompt = PromptBuilder(
-            self.tokenizer, prompt_pieces, answer_pieces, add_seg_and_pad_tokens(self.causal_lm, self.tokenizer)
+            self.tokenizer, prompt_pieces, answer_pieces, add_seg_and_pad_tokens(self.causal_lm, self.tokenizer, embedding_rows)
         )
         if lora is not None:
             apply_lora(self.causal_lm, lora)

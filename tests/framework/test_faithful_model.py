@@ -33,14 +33,14 @@ SIZE = 1024
 # - compressor: 3x3 s2 conv 1024->2048, 3x3 s2 conv 2048->2048, 1x1 conv 2048->2048 (+ biases), two
 #   GroupNorm(1, 2048) affines (the reference's LayerNorm([2048,16,16]) / ([2048,8,8]) hold 1,310,720);
 # - llm: Phi-1.5's 24 layers + final norm = 1,208,504,320, plus the input embedding and the LM head (with bias) over
-#   the 259-token vocabulary of the byte tokenizer (256 bytes + <|endoftext|> + [PAD] + [SEG]) = 1,061,123. With Phi's own
-#   tokenizer (50,295 tokens + [PAD] + [SEG], as the reference) the two tables hold 206,016,512 (+ 50,297 bias);
+#   the reference's 50,297 rows (Phi's 50,295 tokens + [PAD] + [SEG]; `embedding_rows`, whatever stand-in tokenizer)
+#   = 206,016,512 + 50,297 bias (the reference drops the LM head bias: 50,297 fewer);
 # - projector: the reference's origin/local/text projectors, D-Projector and SEG projector (notes §1.5), exactly;
 # - mask_head: pixel decoder + 9-layer masked-attention decoder (also in tests/components/mask_heads/).
 PARAMETERS = {
     "encoder": 86_880_376,
     "compressor": 60_831_744,
-    "llm": 1_209_565_443,
+    "llm": 1_414_571_129,
     "projector": 4_462_336,
     "mask_head": 19_951_808,
 }

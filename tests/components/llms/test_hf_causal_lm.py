@@ -181,6 +181,18 @@ def test_new_token_rows_start_at_the_mean() -> None:
         torch.testing.assert_close(table[258], mean)
 
 
+def test_embedding_rows_keep_a_reference_sized_table() -> None:
+    """A stand-in tokenizer must not shrink the table: the new tokens' rows start at the mean, the rest stays."""
+    config = {**HFCausalLM.example_config()["config"], "tie_word_embeddings": False}
+    llm = build(config=config, embedding_rows=400)
+    for table in (llm.causal_lm.get_input_embeddings().weight, llm.causal_lm.get_output_embeddings().weight):
+        assert table.shape[0] == 400
+        torch.testing.assert_close(table[258], table[:257].mean(dim=0))
+        assert not torch.allclose(table[300], table[:257].mean(dim=0))
+    with pytest.raises(ConfigError, match="fewer than the tokenizer's 259 tokens"):
+        build(embedding_rows=100)
+
+
 def test_saved_folder_loads_through_path(tmp_path: Path) -> None:
     llm = build()
     llm.causal_lm.save_pretrained(tmp_path)
