@@ -16,8 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from framework.data.datamodule import ShuffledQuestions
-from framework.data.samples import SampleDataset
 from framework.data.transforms import box_mask
 from framework.losses import mask_loss
 from framework.metrics import ReasoningSegMetrics
@@ -85,13 +83,6 @@ class SegEarthTask(L.LightningModule):
     def _native(self) -> bool:
         return bool(self.config["eval"]["native"])
 
-    def _source_dataset(self, stage: str) -> SampleDataset:
-        """The dataset being evaluated (its ``samples`` indexed by the batches' ids); the shuffled control's
-        underlying samples, whose masks are unchanged."""
-        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
-        dataset = loaders.dataset
-        return dataset.dataset if isinstance(dataset, ShuffledQuestions) else dataset
-
     def _evaluate(self, batch: dict, stage: str) -> ModelOutput:
         """Model output for a batch; updates the letterboxed-frame metric of ``stage`` and, with ``eval.native``,
         the native-resolution one; keeps the native predictions of the samples wanted for overlays."""
@@ -105,9 +96,7 @@ class SegEarthTask(L.LightningModule):
         rows = [k for k, i in enumerate(ids) if self._native or i in wanted]
         if not rows:
             return out
-        dataset = self._source_dataset(stage)
-        # native ground truth from the files (the batch only holds the letterboxed mask)
-        targets = [torch.from_numpy(dataset.load(dataset.samples[ids[k]])[1]) for k in rows]
+        targets = [batch["native_mask"][k] for k in rows]
         preds = unletterbox(
             out.mask_logits[rows], batch["box"][rows], [tuple(t.shape) for t in targets], size[0], threshold
         )

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from framework.data.augment import augment_from_config
+from framework.data.samples import collate
 from framework.errors import ConfigError, DataError
 from framework.registry import DATASETS
 
@@ -94,6 +95,7 @@ class ReasoningDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:

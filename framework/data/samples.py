@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from framework.data.augment import QuestionAwareAugment
 from framework.data.images import check_bands, check_scale, read_image, read_mask
@@ -86,7 +86,8 @@ def first_question_only(samples: list[Sample]) -> list[Sample]:
 class SampleDataset(Dataset):
     """Base of the registered formats. Items: ``image`` [3,S,S] float in [0,1] letterboxed, ``mask`` [S,S] uint8
     {0,1}, ``box`` (top, left, h, w) of the image in the frame, ``question``, ``answer``, ``id`` (= index),
-    ``stem``, ``concept``."""
+    ``stem``, ``concept``, ``native_mask`` (bool [H0,W0], the mask at the image's own size; batch it with
+    ``collate``)."""
 
     def __init__(
         self,
@@ -170,6 +171,7 @@ class SampleDataset(Dataset):
             "id": index,
             "stem": sample.stem,
             "concept": sample.concept,
+            "native_mask": torch.from_numpy(mask),  # bool [H0,W0] as trained on; sizes differ: collated as a list
         }
 
     def __getitem__(self, index: int) -> dict:
@@ -191,3 +193,11 @@ class SampleDataset(Dataset):
                     exc,
                 )
         raise DataError(f"no readable sample: all {len(self)} failed to load (see the warnings)")
+
+
+def collate(items: list[dict]) -> dict:
+    """``default_collate``, except ``native_mask``, whose sizes differ per image: kept as a list of tensors."""
+    native = [item.pop("native_mask") for item in items]
+    batch = default_collate(items)
+    batch["native_mask"] = native
+    return batch
