@@ -8,6 +8,7 @@ from torch import nn
 
 from components.compressors.conv_stride import ConvStrideCompressor
 from framework.errors import ConfigError
+from tests.golden import assert_golden, set_weights
 
 
 def test_faithful_reference_shape_and_parameter_count() -> None:
@@ -39,3 +40,12 @@ def test_odd_sizes_round_up() -> None:
 def test_ratio_must_be_a_power_of_four(ratio: int) -> None:
     with pytest.raises(ConfigError, match="power of 4"):
         ConvStrideCompressor(in_channels=8, out_dim=8, ratio=ratio)
+
+
+def test_golden_output() -> None:
+    """Fixed weights and input: catches silent numerical changes of the faithful compressor."""
+    compressor = ConvStrideCompressor(in_channels=16, out_dim=24, ratio=16)
+    set_weights(compressor, 11)
+    x = torch.randn(1, 16, 8, 12, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        assert_golden(compressor(x), [-0.008442, 0.153399, 0.186895, 0.024071, 0.013325, 0.146586])

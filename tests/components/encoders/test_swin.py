@@ -10,20 +10,12 @@ import torch
 
 from components.encoders.swin import SwinEncoder, _PadThenShiftBlock
 from framework.errors import ConfigError
+from tests.golden import assert_golden, set_weights
 
 
 def nano() -> SwinEncoder:
     torch.manual_seed(0)
     return SwinEncoder(**SwinEncoder.example_config()).eval()
-
-
-def set_weights(module: torch.nn.Module, seed: int) -> None:
-    """Weights from a fixed generator, independent of timm's init, so golden values track the forward only."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(noise / param[0].numel() ** 0.5 if param.ndim > 1 else 0.1 * noise)
 
 
 @pytest.mark.parametrize("height,width", [(64, 64), (96, 160)])
@@ -129,10 +121,7 @@ def test_golden_outputs() -> None:
     with torch.no_grad():
         features = encoder(images)
     for feature, golden in zip(features, GOLDEN, strict=True):
-        flat = feature.flatten()
-        rms = flat.square().mean().sqrt().item()
-        summary = [flat.mean().item(), flat.abs().mean().item(), rms, *flat[[0, flat.numel() // 2, -1]].tolist()]
-        assert summary == pytest.approx(golden, rel=1e-4, abs=1e-4 * rms)
+        assert_golden(feature, golden)
 
 
 @pytest.mark.slow

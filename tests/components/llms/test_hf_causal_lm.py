@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from components.llms._loading import default_gguf_cache, weights_folder
 from components.llms.hf_causal_lm import DEFAULT_SYSTEM, DEFAULT_TEMPLATE, HFCausalLM
 from framework.errors import ConfigError, DataError
+from tests.golden import assert_golden, set_weights
 
 QUESTIONS = ["Where could a boat moor?", "Roads?", "Which area is covered by dense green trees?"]
 SHORT_TEMPLATE = "<image> Q:<question>[SEG] A:"
@@ -337,3 +338,15 @@ def test_real_smollm2_loads_from_gguf_then_cache_and_frames_questions(smollm2_ca
     boat_ship, boat_crops, ship_crops = similarity[0, 1], similarity[0, 2], similarity[1, 2]
     print(f"cosine boat~ship {boat_ship:.3f}, boat~crops {boat_crops:.3f}, ship~crops {ship_crops:.3f}")
     assert boat_ship > max(boat_crops, ship_crops) + 0.03  # measured 0.944 vs 0.879 / 0.878
+
+
+def test_golden_outputs() -> None:
+    """Fixed weights, prompt and visual tokens: catches silent numerical changes of prompt assembly and pooling."""
+    torch.manual_seed(0)
+    llm = HFCausalLM(**HFCausalLM.example_config()).eval()
+    set_weights(llm, 13)
+    visual = torch.randn(2, 3, llm.hidden_size, generator=torch.Generator().manual_seed(14))
+    with torch.no_grad():
+        out = llm(["where is the water?", "roads"], visual)
+    assert_golden(out.pooled, [-0.011889, 0.026209, 0.038255, 0.000276, 0.001659, 0.003584])
+    assert_golden(out.tokens[out.token_mask], [-0.014477, 0.073566, 0.113305, 0.005298, 0.003403, 0.019181])

@@ -14,6 +14,7 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerMode
 from components.mask_heads._msdeform_reference import multi_scale_deformable_attention_reference
 from components.mask_heads.mask2former import Mask2FormerHead
 from framework.errors import ConfigError
+from tests.golden import assert_golden, set_weights
 
 CHANNELS = [8, 16, 24, 32]
 STRIDES = [4, 8, 16, 32]
@@ -28,15 +29,6 @@ def small_head(**overrides) -> Mask2FormerHead:
 def features(batch: int, size: int, seed: int = 0, channels: list[int] = CHANNELS) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, c, size // s, size // s, generator=generator) for c, s in zip(channels, STRIDES)]
-
-
-def set_weights(module: torch.nn.Module, seed: int) -> None:
-    """Weights from a fixed generator, independent of transformers' init, so golden values track the forward only."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            param.copy_(noise / param[0].numel() ** 0.5 if param.ndim > 1 else 0.1 * noise)
 
 
 def test_one_prediction_before_and_one_after_each_layer() -> None:
@@ -192,10 +184,7 @@ def test_golden_outputs() -> None:
     with torch.no_grad():
         out = head(features(2, 64, seed=8), queries)
     for prediction, golden in zip([*out.aux, out.masks], GOLDEN, strict=True):
-        flat = prediction.flatten()
-        rms = flat.square().mean().sqrt().item()
-        summary = [flat.mean().item(), flat.abs().mean().item(), rms, *flat[[0, flat.numel() // 2, -1]].tolist()]
-        assert summary == pytest.approx(golden, rel=1e-4, abs=1e-4 * rms)
+        assert_golden(prediction, golden)
 
 
 @pytest.mark.slow
