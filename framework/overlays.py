@@ -20,9 +20,10 @@ CAPTION_MARGIN = 4
 def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     """bool [H,W] -> bool [H,W]: the mask's pixels within ``width`` pixels of its border (the image edge counts as
     outside, so a region touching it is closed there too)."""
-    padded = np.pad(mask.astype(np.uint8) * 255, width)
-    eroded = np.asarray(Image.fromarray(padded).filter(ImageFilter.MinFilter(2 * width + 1)))
-    return mask & (eroded[width:-width, width:-width] == 0)
+    eroded = Image.fromarray(np.pad(mask.astype(np.uint8) * 255, width))
+    for _ in range(width):  # width 3x3 erosions = one (2 width + 1)^2 erosion, at 9 width instead of (2 width + 1)^2
+        eroded = eroded.filter(ImageFilter.MinFilter(3))
+    return mask & (np.asarray(eroded)[width:-width, width:-width] == 0)
 
 
 def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, max_width: int) -> list[str]:
@@ -38,15 +39,19 @@ def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, max_wid
     return lines
 
 
-def render_overlay(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, caption: str) -> Image.Image:
-    """uint8 [H,W,3] image, bool [H,W] target and prediction -> RGB image [H + caption band, W]."""
-    height, width = target.shape
+def render_overlay(
+    image: np.ndarray, target: np.ndarray | None, prediction: np.ndarray, caption: str
+) -> Image.Image:
+    """uint8 [H,W,3] image, bool [H,W] target (None: no ground truth, as in ``segearth predict``) and prediction
+    -> RGB image [H + caption band, W]."""
+    height, width = prediction.shape
     line = max(1, round(min(height, width) / 256))  # outlines stay visible on large images
     pixels = image.astype(np.float32)
     pixels[prediction] = (1 - PRED_FILL_ALPHA) * pixels[prediction] + PRED_FILL_ALPHA * np.array(PRED_COLOUR)
     pixels = pixels.round().astype(np.uint8)
     pixels[outline(prediction, line)] = PRED_COLOUR
-    pixels[outline(target, line)] = GT_COLOUR  # drawn last: the reference stays readable where both meet
+    if target is not None:
+        pixels[outline(target, line)] = GT_COLOUR  # drawn last: the reference stays readable where both meet
 
     font = ImageFont.load_default(size=max(10, width // 40))
     lines = _wrap(caption, font, width - 2 * CAPTION_MARGIN)

@@ -74,7 +74,12 @@ def read_image(path: str | Path, bands: list[int] | None = None, scale: str | fl
     check_bands(bands)
     check_scale(scale)
     path = Path(path)
-    raster = decode(path)
+    return raster_to_rgb(decode(path), path, bands, scale)
+
+
+def raster_to_rgb(raster: Raster, path: Path, bands: list[int] | None, scale: str | float) -> np.ndarray:
+    """A decoded file -> uint8 [H,W,3] RGB by ``bands`` and ``scale`` as in ``read_image`` (``path`` names the
+    file in messages); shared with readers that decode with other libraries (``framework.geo``: rasterio)."""
     data, alpha = raster.array, raster.alpha
     if raster.palette is not None:
         data, alpha = np.take(raster.palette, data, axis=0, mode="clip"), False

@@ -4,8 +4,10 @@ make them, at nano size) lands tensor by tensor in the real swin encoder and mas
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +19,13 @@ from torch import nn
 
 from components.encoders.swin import SwinEncoder
 from components.mask_heads.mask2former import Mask2FormerHead
-from framework.convert import add_convert_parser, convert_mask2former, read_detectron2_checkpoint
+import yaml
+
+from framework.bundle import open_bundle
+from framework.cli import main
+from framework.convert import add_convert_parser, convert_mask2former, convert_segearth_r1, read_detectron2_checkpoint
 from framework.errors import ConfigError
+from framework.predict import load_model
 
 STRIDES = [4, 8, 16, 32]
 PIX, PRED = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
@@ -324,3 +331,188 @@ def test_command(source, tmp_path, capsys) -> None:
         args.func(parser.parse_args(["convert", "mask2former", str(tmp_path / "none.pkl"), str(dst)]))
     with pytest.raises(SystemExit):
         parser.parse_args(["convert"])  # a format is required
+
+
+# ------------------------------------------------------------------------------------------------ segearth-r1
+# The published SegEarth-R1 checkpoint (HF folder, llava_phi) by the reference's module names (notes §1; the
+# segearth_r1 model is a PhiForCausalLM whose ``model`` holds the Swin ``vision_tower`` and the SparseConv_1
+# ``mm_projector``; the D-Projector, pixel decoder and predictor hang off the top), at a scaled-down size.
+R1_LLM = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "partial_rotary_factor": 0.5, "max_position_embeddings": 2048}
+R1_DIM, R1_HEADS, R1_DIM_HEAD = 32, 2, 16  # D-Projector (reference: 512, 8, 64)
+R1_RES5 = 8  # res5 side the LayerNorm([C,H,W]) shapes were made for (reference: 32 at 1024 px)
+
+
+def segearth_r1_shapes(a: Arch = NANO) -> dict[str, tuple]:
+    shapes: dict[str, tuple] = {}
+    for key, shape in detectron2_shapes(a).items():
+        if key.startswith("backbone."):
+            shapes["model.vision_tower." + key[len("backbone."):]] = shape
+        elif key.startswith(PIX):  # the reference keeps the FPN convs as Sequential(conv, norm)
+            name = re.sub(r"^(adapter|layer)_1\.weight$", r"\1_1.0.weight", key[len(PIX):])
+            shapes["pixel_decoder." + re.sub(r"^(adapter|layer)_1\.norm\.", r"\1_1.1.", name)] = shape
+        elif key.startswith(PRED) and ".class_embed." not in key:  # no class head in the reference
+            shapes["predictor." + key[len(PRED):]] = shape
+    shapes["predictor.SEG_query_embed.weight"] = (a.queries + 1, a.hidden)
+    shapes["predictor.new_query_embed.weight"] = (1, a.hidden)
+    for mlp in ("SEG_proj", "CLASS_proj"):
+        for i in range(2):
+            shapes |= linear(f"predictor.{mlp}.layers.{i}", a.hidden, a.hidden)
+    d, v, inner, c5 = R1_LLM["hidden_size"], R1_LLM["vocab_size"], R1_LLM["intermediate_size"], a.channels[-1]
+    side = R1_RES5 // 2
+    shapes |= {"model.mm_projector.proj1.weight": (d, c5, 3, 3), "model.mm_projector.proj1.bias": (d,)}
+    shapes |= {"model.mm_projector.norm1.weight": (d, side, side), "model.mm_projector.norm1.bias": (d, side, side)}
+    shapes |= {"model.mm_projector.proj2.weight": (d, d, 3, 3), "model.mm_projector.proj2.bias": (d,)}
+    shapes |= {"model.mm_projector.norm2.weight": (d, side // 2, side // 2),
+               "model.mm_projector.norm2.bias": (d, side // 2, side // 2)}
+    shapes |= {"model.mm_projector.fc.weight": (d, d, 1, 1), "model.mm_projector.fc.bias": (d,)}
+    shapes["model.embed_tokens.weight"] = (v, d)
+    for i in range(R1_LLM["num_hidden_layers"]):
+        for proj in ("q_proj", "k_proj", "v_proj", "dense"):
+            shapes |= linear(f"model.layers.{i}.self_attn.{proj}", d, d)
+        shapes |= linear(f"model.layers.{i}.mlp.fc1", inner, d) | linear(f"model.layers.{i}.mlp.fc2", d, inner)
+        shapes |= norm(f"model.layers.{i}.input_layernorm", d)
+    shapes |= norm("model.final_layernorm", d)
+    shapes["lm_head.weight"] = (v, d)  # re-created without bias (notes §1.3)
+    shapes["seg_query"] = (100, d)
+    shapes |= linear("text_projector", R1_DIM, d) | linear("origin_SEG_token_projector", R1_DIM, d)
+    shapes |= linear("local_project", R1_DIM, c5) | linear("SEG_token_projector", a.hidden, 2 * R1_DIM)
+    perceiver, ff = "d_layers.layers.0.0", "d_layers.layers.0.1"
+    shapes |= norm(f"{perceiver}.norm_media", R1_DIM) | norm(f"{perceiver}.norm_latents", R1_DIM)
+    inner_attn = R1_HEADS * R1_DIM_HEAD
+    shapes |= {f"{perceiver}.to_q.weight": (inner_attn, R1_DIM), f"{perceiver}.to_kv.weight": (2 * inner_attn, R1_DIM),
+               f"{perceiver}.to_out.weight": (R1_DIM, inner_attn)}
+    shapes |= norm(f"{ff}.0", R1_DIM) | {f"{ff}.1.weight": (R1_DIM, R1_DIM), f"{ff}.3.weight": (R1_DIM, R1_DIM)}
+    return shapes | norm("d_layers.norm", R1_DIM)
+
+
+def write_r1_checkpoint(folder: Path, shapes: dict[str, tuple], seed: int = 0) -> Path:
+    """A HF folder as the reference publishes it: two safetensors shards, config.json, no tokenizer."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {
+        k: torch.randint(0, NANO.window**4, s) if k.endswith("index") else torch.randn(s, generator=generator)
+        for k, s in shapes.items()
+    }
+    folder.mkdir(parents=True)
+    keys = sorted(tensors)
+    save_file({k: tensors[k] for k in keys[: len(keys) // 2]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({k: tensors[k] for k in keys[len(keys) // 2 :]}, str(folder / "model-00002-of-00002.safetensors"))
+    config = {"model_type": "llava_phi", "architectures": ["segearth_r1"], "mm_projector_type": "SparseConv_1",
+              "torch_dtype": "bfloat16", **R1_LLM}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def r1_config(folder: Path, **projector) -> Path:
+    """The faithful config (experiments/segearth_r1) scaled down: swin nano, small head, projector and frame."""
+    from framework.convert import FAITHFUL_CONFIG
+
+    cfg = {
+        "base": str(FAITHFUL_CONFIG),
+        "model": {
+            "encoder": {"variant": "nano", "drop_path_rate": 0.0},
+            "llm": {"gradient_checkpointing": False},
+            "projector": {"dim": R1_DIM, "heads": R1_HEADS, "dim_head": R1_DIM_HEAD, **projector},
+            "mask_head": NANO.head_config,
+        },
+        "data": {"image_size": 128},
+    }
+    path = folder / "r1.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def r1(tmp_path_factory) -> tuple[Path, Path, Path, object]:
+    folder = tmp_path_factory.mktemp("r1")
+    src = write_r1_checkpoint(folder / "SegEarth-R1-EarthReason", segearth_r1_shapes())
+    config = r1_config(folder)
+    dst = folder / "bundle"
+    return src, config, dst, convert_segearth_r1(src, dst, config=config)
+
+
+def test_segearth_r1_every_tensor_is_converted_or_knowingly_discarded(r1) -> None:
+    src, _, _, conversion = r1
+    shapes = segearth_r1_shapes()
+    discarded = {reason.split(" ")[0]: sorted(keys) for reason, keys in conversion.discarded.items()}
+    assert len(discarded["index"]) == sum(NANO.depths)
+    assert discarded["learned"] == ["predictor.query_embed.weight", "predictor.query_feat.weight"]
+    assert discarded["query"] == ["predictor.SEG_query_embed.weight", "predictor.new_query_embed.weight"]
+    assert len(discarded["SEG_proj"]) == 8 and discarded["seg_query"] == ["seg_query"]
+    assert len(conversion.mapped) + sum(map(len, discarded.values())) == len(shapes)
+    assert sorted(next(iter(conversion.approximated.values()))) == [
+        f"model.mm_projector.norm{i}.{p}" for i in (1, 2) for p in ("bias", "weight")
+    ]
+    assert list(conversion.added) == ["llm.causal_lm.lm_head.bias"]
+
+
+def test_segearth_r1_bundle_holds_every_tensor_in_its_place(r1) -> None:
+    from safetensors.torch import load_file
+
+    src, _, dst, _ = r1
+    source = {**load_file(str(src / "model-00001-of-00002.safetensors")),
+              **load_file(str(src / "model-00002-of-00002.safetensors"))}
+    bundle = open_bundle(dst)
+    assert bundle.config["model"]["llm"]["config"]["hidden_size"] == 64
+    model = bundle.build()  # strict: no tensor of the model missing
+
+    def same(param: torch.Tensor, key: str) -> None:
+        torch.testing.assert_close(param.detach(), source[key], rtol=0, atol=0)
+
+    same(model.encoder.layers[2].blocks[1].attn.qkv.weight, "model.vision_tower.layers.2.blocks.1.attn.qkv.weight")
+    same(model.encoder.layers[1].downsample.reduction.weight, "model.vision_tower.layers.0.downsample.reduction.weight")
+    same(model.compressor.body[0].weight, "model.mm_projector.proj1.weight")
+    same(model.compressor.body[4].bias, "model.mm_projector.fc.bias")
+    norm2 = source["model.mm_projector.norm2.weight"]
+    torch.testing.assert_close(model.compressor.body[3].weight.detach(), norm2.mean((1, 2)))
+    lm = model.llm.causal_lm
+    same(lm.model.embed_tokens.weight, "model.embed_tokens.weight")
+    same(lm.model.layers[1].self_attn.dense.weight, "model.layers.1.self_attn.dense.weight")
+    same(lm.model.layers[0].mlp.fc1.bias, "model.layers.0.mlp.fc1.bias")
+    same(lm.model.final_layernorm.weight, "model.final_layernorm.weight")
+    same(lm.lm_head.weight, "lm_head.weight")
+    assert not lm.lm_head.bias.any()
+    projector = model.projector
+    same(projector.origin.weight, "origin_SEG_token_projector.weight")
+    same(projector.latent.bias, "text_projector.bias")
+    same(projector.media[0].weight, "local_project.weight")
+    same(projector.out.weight, "SEG_token_projector.weight")
+    same(projector.fusion.layers[0][0].to_kv.weight, "d_layers.layers.0.0.to_kv.weight")
+    same(projector.fusion.layers[0][1][3].weight, "d_layers.layers.0.1.3.weight")
+    same(projector.fusion.norm.bias, "d_layers.norm.bias")
+    head = model.mask_head
+    same(head.pixel_decoder.adapter_1[0].weight, "pixel_decoder.adapter_1.0.weight")
+    same(head.pixel_decoder.layer_1[1].bias, "pixel_decoder.layer_1.1.bias")
+    same(head.pixel_decoder.level_embed, "pixel_decoder.transformer.level_embed")
+    q = source["predictor.transformer_self_attention_layers.1.self_attn.in_proj_weight"][: NANO.hidden]
+    torch.testing.assert_close(head.decoder.layers[1].self_attn.q_proj.weight.detach(), q, rtol=0, atol=0)
+    same(head.decoder.mask_predictor.mask_embedder.layers[2].layers[0].weight, "predictor.mask_embed.layers.2.weight")
+
+
+def test_segearth_r1_unknown_tensors_and_misfits_are_errors(r1, tmp_path) -> None:
+    src, config, _, _ = r1
+    shapes = segearth_r1_shapes() | {"model.mm_projector.extra.weight": (4,)}
+    bad = write_r1_checkpoint(tmp_path / "extra", shapes)
+    with pytest.raises(ConfigError, match=r"1 tensor\(s\) neither converted.*model\.mm_projector\.extra\.weight"):
+        convert_segearth_r1(bad, tmp_path / "b1", config=config)
+    with pytest.raises(ConfigError, match=r"does not fit .*r1\.yaml: projector\.out\.weight: \(32, 64\) in the "
+                                          r"checkpoint, \(32, 96\) in the model; .*\(12 more\)"):
+        convert_segearth_r1(src, tmp_path / "b2", config=r1_config(tmp_path, dim=48, dim_head=24))
+    assert not (tmp_path / "b1").exists() and not (tmp_path / "b2").exists()
+    (tmp_path / "noconfig").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        convert_segearth_r1(tmp_path / "noconfig", tmp_path / "b3", config=config)
+
+
+def test_segearth_r1_command_and_prediction(r1, tmp_path, capsys) -> None:
+    src, config, _, _ = r1
+    dst = tmp_path / "r1-bundle"
+    assert main(["convert", "segearth-r1", str(src), str(dst), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "approximated 4, LayerNorm([C,H,W]) affine averaged" in out and "added llm.causal_lm.lm_head.bias" in out
+    assert "no tokenizer files" in out
+    assert main(["convert", "segearth-r1", str(src), str(dst), "--config", str(config)]) == 2  # exists
+    result = load_model(dst).predict(np.zeros((100, 120, 3), np.uint8), "Where could a seaplane land?")
+    assert result.mask.shape == (100, 120)

@@ -1,0 +1,217 @@
+"""Inference API and ``segearth predict``: native-size masks, one encoder pass per image, georeferenced outputs,
+large scenes in tiles, and clear errors (exit 2, nothing written) for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.transform import from_origin
+from shapely.geometry import box, shape
+
+from framework.cli import main
+from framework.config import load_config
+from framework.data.transforms import letterbox_image
+from framework.errors import DataError
+from framework.model import SegEarthModel
+from framework.postprocess import unletterbox_probabilities
+from framework.predict import Predictor, load_model
+from tests.framework.test_bundle import tiny_experiment, write_checkpoint
+
+QUESTIONS = ["Where could a seaplane land?", "Which areas are paved?", "Where do trees grow?"]
+UTM = CRS.from_epsg(32640)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("predict")
+    _, cfg = tiny_experiment(folder)
+    return write_checkpoint(cfg, folder / "tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def model(ckpt) -> Predictor:
+    return load_model(ckpt)
+
+
+def scene(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+
+def write_geotiff(path: Path, pixels: np.ndarray, crs=UTM, transform=from_origin(300000, 2780000, 0.5, 0.5)) -> Path:
+    height, width = pixels.shape[:2]
+    profile = {"driver": "GTiff", "height": height, "width": width, "count": 3, "dtype": "uint8",
+               "transform": transform}
+    if crs is not None:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.moveaxis(pixels, -1, 0))
+    return path
+
+
+def test_prediction_is_the_evaluators_native_resolution_output(model):
+    """An image no larger than the training frame is one tile: letterboxed as in training; the probability map
+    is the sigmoid of the logits resampled to the native grid (``unletterbox``), so mask == probability > 0.5."""
+    pixels = scene(50, 64)
+    result = model.predict(pixels, QUESTIONS[0])
+    assert result.mask.shape == result.probability.shape == (50, 64) and result.mask.dtype == bool
+    frame, letterbox = letterbox_image(Image.fromarray(pixels), model.image_size)
+    with torch.no_grad():
+        logits = model.model(frame[None], [QUESTIONS[0]]).mask_logits
+    want = unletterbox_probabilities(logits, [letterbox], [(50, 64)], model.image_size)[0].numpy()
+    np.testing.assert_allclose(result.probability, want, rtol=0, atol=1e-6)
+    assert np.array_equal(result.mask, want > 0.5)
+    assert result.area_px == int(result.mask.sum()) and result.area_m2 is None and result.answer is None
+    expected_score = float(want[want > 0.5].mean()) if result.area_px else 0.0
+    assert result.score == pytest.approx(expected_score, abs=1e-6) and result.tiles == 1
+
+
+def test_the_encoder_runs_once_per_image_whatever_the_number_of_questions(model):
+    calls = []
+    hook = model.model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    try:
+        images = [scene(64, 64, 1), scene(48, 64, 2)]
+        many = model.predict_many([(images[0], q) for q in QUESTIONS] + [(images[1], q) for q in QUESTIONS])
+    finally:
+        hook.remove()
+    assert calls == [2]  # both images' frames in one encoder batch, 6 questions answered from the cache
+    assert [p.question for p in many] == QUESTIONS * 2
+    alone = model.predict(images[1], QUESTIONS[2])
+    np.testing.assert_allclose(many[5].probability, alone.probability, rtol=0, atol=1e-5)
+
+
+def test_georeferenced_area_in_square_metres(model, tmp_path):
+    path = write_geotiff(tmp_path / "s.tif", scene(64, 96))
+    result = model.predict(str(path), QUESTIONS[1])
+    assert result.image.geo.crs == UTM
+    assert result.area_m2 == pytest.approx(result.area_px * 0.25)
+    assert result.record()["crs"] == "EPSG:32640"
+
+
+@pytest.mark.slow
+def test_a_6000px_geotiff_scene_is_predicted_in_blended_tiles(ckpt, tmp_path, capsys):
+    """6000 x 6000 GeoTIFF, 2048-px tiles with 25 % overlap: 16 tiles, 4 at a time; the mask GeoTIFF keeps the
+    scene's grid and CRS, and the GeoJSON polygons lie on the mask's pixels."""
+    pixels = np.zeros((6000, 6000, 3), np.uint8)
+    pixels[:, :, 1] = np.linspace(0, 255, 6000, dtype=np.uint8)[None, :]
+    transform = from_origin(400000, 2790000, 0.3, 0.3)
+    image = write_geotiff(tmp_path / "big.tif", pixels, transform=transform)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(ckpt), "--image", str(image), "--question", QUESTIONS[0], "--out",
+                 str(out), "--tiling", "always", "--tile-size", "2048", "--tile-batch", "4", "--no-progress"]) == 0
+    row = json.loads((out / "predictions.jsonl").read_text())
+    assert row["tiles"] == 16 and (row["height"], row["width"]) == (6000, 6000) and row["crs"] == "EPSG:32640"
+    with rasterio.open(out / row["mask_geotiff"]) as src:
+        assert src.crs == UTM and src.transform == transform and src.shape == (6000, 6000)
+        mask = src.read(1).astype(bool)
+    assert mask.sum() == row["area_px"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / row["mask"])) > 0, mask)
+    features = json.loads((out / row["geojson"]).read_text())["features"]
+    assert sum(f["properties"]["area_px"] for f in features) == row["area_px"]
+    if features:
+        polygon = shape(features[0]["geometry"])
+        assert box(*rasterio.transform.array_bounds(6000, 6000, transform)).covers(polygon)
+        with rasterio.open(out / row["mask_geotiff"]) as src:  # a point inside the polygon is a mask pixel
+            inside = polygon.representative_point()
+            r, c = src.index(inside.x, inside.y)
+            assert mask[r, c]
+    assert Image.open(out / row["overlay"]).width == 2048  # overlay downscaled, masks full size
+
+
+def test_cli_batch_from_a_manifest(ckpt, tmp_path):
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(scene(64, 64)).save(images / "a.png")
+    write_geotiff(images / "b.tif", scene(64, 80), crs=None)
+    (tmp_path / "m.csv").write_text(
+        "image,question\nimgs/a.png,Where could a seaplane land?\nimgs/b.tif,Which areas are paved?\n"
+        "imgs/a.png,Where do trees grow?\n"
+    )
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(ckpt), "--input", str(tmp_path / "m.csv"), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in rows] == [QUESTIONS[0], QUESTIONS[1], QUESTIONS[2]]
+    assert all((out / r["mask"]).is_file() and (out / r["overlay"]).is_file() for r in rows)
+    assert "geojson" not in rows[0] and rows[1]["crs"] == "no CRS"
+    # folder + questions file: every question of every image
+    (tmp_path / "q.txt").write_text("Where could a seaplane land?\n\nWhich areas are paved?\n")
+    assert main(["predict", "--model", str(ckpt), "--input", str(images), "--questions", str(tmp_path / "q.txt"),
+                 "--out", str(tmp_path / "out2")]) == 0
+    assert len((tmp_path / "out2" / "predictions.jsonl").read_text().splitlines()) == 4
+
+
+def test_geotiff_without_crs_works_writes_no_crs_and_says_so(ckpt, tmp_path, capsys):
+    image = write_geotiff(tmp_path / "nocrs.tif", scene(64, 64), crs=None)
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(ckpt), "--image", str(image), "--question", "Where?", "--out", str(out)]
+    assert main(args) == 0
+    assert "has a transform but no CRS" in capsys.readouterr().err
+    row = json.loads((out / "predictions.jsonl").read_text())
+    with rasterio.open(out / row["mask_geotiff"]) as src:
+        assert src.crs is None and src.transform == from_origin(300000, 2780000, 0.5, 0.5)
+    assert "crs" not in json.loads((out / row["geojson"]).read_text())
+
+
+def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    Image.fromarray(scene(64, 64)).save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.fromarray(scene(20, 300)).save(tmp_path / "thin.png")
+    (tmp_path / "m.csv").write_text("image,question\nok.png,Where?\nbroken.png,Where?\n")
+    ok = ["--image", str(tmp_path / "ok.png")]
+    return {
+        "unreadable": (["--image", str(tmp_path / "broken.png"), "--question", "Where?"], "broken.png: unreadable"),
+        "unreadable after a good one": (["--input", str(tmp_path / "m.csv")], "broken.png: unreadable"),
+        "missing": (["--image", str(tmp_path / "none.png"), "--question", "Where?"], "none.png: image not found"),
+        "too small": (["--image", str(tmp_path / "thin.png"), "--question", "Where?"], "300x20 pixels is too small"),
+        "empty question": ([*ok, "--question", "  "], "empty question"),
+        "question too long": ([*ok, "--question", "Where " * 100], "the LLM's context is 512"),
+    }
+
+
+@pytest.mark.parametrize("case", ["unreadable", "unreadable after a good one", "missing", "too small",
+                                  "empty question", "question too long"])
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(ckpt, tmp_path, capsys, case):
+    args, message = bad_inputs(tmp_path)[case]
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(ckpt), *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segearth: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_help(capsys):
+    for command in (["predict", "--help"], ["export", "--help"], ["convert", "segearth-r1", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(command)
+        assert exit_.value.code == 0
+    assert "--tile-size" in capsys.readouterr().out
+
+
+def test_a_model_that_does_not_exist(tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path / "nope"), "--image", "x.png", "--question", "q", "--out",
+                 str(tmp_path / "out")]) == 2
+    assert "nope: no such model" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_api_errors_are_data_errors(model):
+    import framework
+
+    assert framework.load_model is load_model  # `from framework import load_model`
+    with pytest.raises(DataError, match="empty question"):
+        model.predict(scene(64, 64), "")
+    with pytest.raises(DataError, match="too small"):
+        model.predict(scene(16, 16), "Where?")
+
+
+def test_predictor_from_a_model_and_config(tmp_path):
+    """``Predictor`` wraps any built model; the predict section of the config sets the tiling."""
+    _, cfg = tiny_experiment(tmp_path)
+    cfg["predict"] = {**cfg["predict"], "tiling": "always", "tile_size": 64, "overlap": 0.5}
+    predictor = Predictor(SegEarthModel(cfg["model"]), cfg)
+    assert predictor.predict(scene(100, 150), "Where?").tiles == 3 * 4  # overlap >= 32 px: 0, 18, 36 x 0, 29, 57, 86
