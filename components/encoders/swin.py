@@ -113,6 +113,12 @@ class SwinEncoder(Encoder):
     def example_config(cls) -> dict:
         return {"variant": "nano"}
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's blocks in the backward pass (timm's per-stage ``checkpoint_seq``); the
+        framework's ``grad_checkpointing: true`` slot key calls this."""
+        for stage in self.layers:
+            stage.grad_checkpointing = enable
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images [B,3,H,W] in [0,1], H and W divisible by 32 -> list of 4 NCHW maps at strides 4, 8, 16, 32."""
         x = self.patch_embed((images - self.mean) / self.std)  # NHWC

@@ -115,7 +115,7 @@ class HFCausalLM(LanguageModel):
         if lora is not None:
             apply_lora(self.causal_lm, lora)
         if gradient_checkpointing:
-            self.causal_lm.activation_checkpointing_enable()
+            self.set_grad_checkpointing(True)
         text_config = self.causal_lm.config.get_text_config()
         self.hidden_size: int = text_config.hidden_size
         self.max_positions: int | None = getattr(text_config, "max_position_embeddings", None)
@@ -142,6 +142,14 @@ class HFCausalLM(LanguageModel):
             "tokenizer": "byte",
             "template": "<image> Q:<question>[SEG] A:",
         }
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the decoder layers in the backward pass (transformers' non-reentrant checkpointing); the
+        framework's ``grad_checkpointing: true`` slot key calls this."""
+        if enable:
+            self.causal_lm.activation_checkpointing_enable()
+        else:
+            self.causal_lm.activation_checkpointing_disable()
 
     @property
     def uses_image(self) -> bool:

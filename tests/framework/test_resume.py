@@ -1,0 +1,127 @@
+"""Exact resume: a ``segearth fit`` killed with SIGKILL mid-epoch and continued with ``--resume last`` ends with the
+same weights and validation metrics as an uninterrupted run (deterministic CPU run with random draws in the data
+augmentation and the loss's point sampling, and a frozen slot left out of the checkpoints); a checkpoint write
+killed part-way never leaves a corrupt ``last.ckpt``."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from framework.checkpointing import AtomicCheckpointIO
+from framework.cli import main
+from framework.config import load_config
+from framework.data.datamodule import ReasoningDataModule
+from framework.data.synth import write_synthetic_dataset
+from tests.tiny import tiny_config, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # one thread, as the in-process run
+EPOCHS, STEPS_PER_EPOCH = 2, 4
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("resume")
+    write_synthetic_dataset(tmp / "data", n=12, seed=1, image_size=64, samples_per_scene=1)
+    augment = {"hflip": 0.5, "rot90": 0.5, "color": 0.5}
+    cfg = tiny_config(data={"root": str(tmp / "data"), "augment": augment, "train_questions": "first"})
+    # slim checkpoints: the frozen encoder is rebuilt, not stored. (Not the LLM: a frozen text-only LLM memoises its
+    # output per question, computed in whichever padded batch asked first, so a resumed run can differ in the last bit)
+    cfg["model"]["encoder"]["frozen"] = True
+    cfg["loss"] = {"point_sample": True, "num_points": 256}  # random points every step
+    cfg["trainer"].update(max_epochs=EPOCHS, limit_train_batches=None, deterministic=True)
+    cfg["checkpoint"] = {"every_n_steps": 1}
+    cfg["tracking"] = {"enabled": False}
+    path = write_config(tmp / "tiny.yaml", cfg)
+    assert len(ReasoningDataModule(load_config(path)["data"]).train_dataloader()) == STEPS_PER_EPOCH
+    return path
+
+
+def final_state(run_dir: Path) -> tuple[dict, dict]:
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt, json.loads((run_dir / "fit.json").read_text())["val"]
+
+
+def only_run(root: Path) -> Path:
+    (run_dir,) = [p for p in (root / "tiny").iterdir() if not p.name.startswith(".")]
+    return run_dir
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(config, tmp_path):
+    assert main(["fit", str(config), f"output_dir={tmp_path / 'straight'}"]) == 0
+    straight, straight_val = final_state(only_run(tmp_path / "straight"))
+    assert straight["global_step"] == EPOCHS * STEPS_PER_EPOCH
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "framework.cli", "fit", str(config), f"output_dir={killed}"]
+    process = subprocess.Popen(cmd, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not list(killed.glob("tiny/*/checkpoints/last.ckpt")):  # the first step checkpoint: kill at once
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+    run_dir = only_run(killed)
+    interrupted = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert 0 < interrupted["global_step"] < STEPS_PER_EPOCH  # killed mid-epoch, in the first epoch
+    assert not (run_dir / "fit.json").exists()
+
+    resumed = subprocess.run([*cmd, "--resume", "last"], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert only_run(killed) == run_dir  # continued in the same run folder
+    final, final_val = final_state(run_dir)
+    assert json.loads((run_dir / "fit.json").read_text())["resumed_from"].endswith("last.ckpt")
+    assert final["global_step"] == straight["global_step"]
+    assert not any(k.startswith("model.encoder.") for k in final["state_dict"])
+    assert final["state_dict"].keys() == straight["state_dict"].keys()
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(final["state_dict"][key], value), key
+    assert final_val == straight_val
+    # the optimiser state continued too (its moments would differ after a fresh start mid-run)
+    for a, b in zip(final["optimizer_states"][0]["state"].values(), straight["optimizer_states"][0]["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, torch
+    from framework.checkpointing import AtomicCheckpointIO
+    io, n = AtomicCheckpointIO(), 0
+    while True:  # 16 MB per save: the kill below waits for a save in progress
+        n += 1
+        io.save_checkpoint({"n": n, "weights": torch.full((4, 1024, 1024), float(n))}, sys.argv[1])
+        print(n, flush=True)
+    """
+)
+
+
+def test_kill_during_save_leaves_a_complete_checkpoint(tmp_path):
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target)], env=ENV, stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    assert process.stdout.readline().strip() == "1"  # one complete save exists
+    deadline = time.time() + 60
+    while not list(target.parent.glob("last.ckpt.tmp-*")):  # a later save is being written
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    checkpoint = torch.load(target, weights_only=True)
+    assert checkpoint["n"] >= 1 and torch.equal(checkpoint["weights"], torch.full((4, 1024, 1024), float(checkpoint["n"])))
+    # the next save replaces it and clears the temporary file the killed writer left
+    AtomicCheckpointIO().save_checkpoint({"n": 0}, target)
+    assert torch.load(target, weights_only=True) == {"n": 0}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
