@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from framework.errors import UserError
 SLOTS = ("encoder", "compressor", "llm", "projector", "mask_head")
 METRICS = ("val/giou", "val/ciou", "test/giou", "test/ciou", "test_shuffled/giou")
 HPARAMS = ("model.compressor.ratio", "optim.lr", "data.image_size")
+START_TIMEOUT_S = 120  # the server and its job workers start slowly on a busy machine
 
 
 def runs_table(
@@ -82,20 +85,41 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     return "\n".join([fmt_row(columns), fmt_row(["-" * w for w in widths]), *map(fmt_row, cells)])
 
 
+def _die_with_parent() -> None:
+    """In the server's process before it starts: on Linux the kernel sends it SIGTERM when ``segearth ui`` ends
+    by any means (SIGTERM, SIGHUP, SIGKILL included), so no orphaned server keeps the port; ``mlflow server``
+    passes SIGTERM on to its workers."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def serve(uri: str, port: int, artifacts: str | None = None) -> subprocess.Popen:
-    """Start ``mlflow server`` on 127.0.0.1 over the store ``uri``; returns the process once it answers."""
+    """Start ``mlflow server`` on 127.0.0.1 over the store ``uri``; returns the process once it answers. The
+    server ends with the calling process."""
+    import tempfile
     import urllib.request
 
     beside = Path(sys.executable).parent / "mlflow"  # the venv's, also when the venv is not activated
     mlflow = str(beside) if beside.exists() else (shutil.which("mlflow") or "mlflow")
-    command = [mlflow, "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [mlflow, "server", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", "1"]
     if artifacts:
         command += ["--default-artifact-root", artifacts]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
+    # a file, not a pipe: nobody reads the server's log while it runs, and a full pipe would stall it
+    log = tempfile.TemporaryFile("w+")
+    # MLflow's job workers (seven processes) serve GenAI features this project does not use; a user may turn them on
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env, preexec_fn=_die_with_parent
+    )
+    deadline = time.time() + START_TIMEOUT_S
     while time.time() < deadline:
         if process.poll() is not None:
-            raise UserError(f"mlflow server exited: {process.stderr.read().strip().splitlines()[-1:]}")
+            log.seek(0)
+            raise UserError(f"mlflow server exited: {log.read().strip().splitlines()[-1:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
                 if response.status == 200:
@@ -103,4 +127,4 @@ def serve(uri: str, port: int, artifacts: str | None = None) -> subprocess.Popen
         except OSError:
             time.sleep(0.5)
     process.terminate()
-    raise UserError(f"mlflow server did not answer on 127.0.0.1:{port} within 60 s")
+    raise UserError(f"mlflow server did not answer on 127.0.0.1:{port} within {START_TIMEOUT_S} s")

@@ -1,14 +1,22 @@
 """`segearth runs` and `segearth ui` against a real sqlite MLflow store and a real MLflow server."""
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import mlflow
 import pytest
 
-from framework.dashboard import render, runs_table, serve
+from framework.dashboard import render, runs_table
 from framework.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +59,45 @@ def test_unknown_experiment_is_a_user_error(two_runs):
         runs_table(two_runs, ["nope"])
 
 
+def _experiment_names(port: int) -> list[str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+        data=json.dumps({"max_results": 100}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return [e["name"] for e in json.load(response)["experiments"]]
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.mark.slow
-def test_ui_server_answers_rest_calls(two_runs, tmp_path):
+def test_segearth_ui_serves_the_store_and_stops_with_it(two_runs, tmp_path):
+    """``segearth ui`` as a user starts it; SIGTERM to it (not to the server) must not leave the server behind."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = serve(two_runs, port, artifacts=(tmp_path / "artifacts").as_uri())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "framework.cli", "ui", "--uri", two_runs, "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
+    )
     try:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
-            data=json.dumps({"max_results": 100}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            names = [e["name"] for e in json.load(response)["experiments"]]
-        assert "dash" in names
+        line = process.stdout.readline()  # printed once the server answers its health check
+        assert line.startswith(f"MLflow UI for {two_runs}: http://127.0.0.1:{port}"), line
+        assert "dash" in _experiment_names(port)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        deadline = time.time() + 30
+        while _answers(port) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _answers(port)
     finally:
-        process.terminate()
-        process.wait(timeout=20)
-    assert process.returncode is not None
+        if process.poll() is None:
+            process.kill()
