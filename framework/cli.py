@@ -27,7 +27,7 @@ def _load(args: argparse.Namespace) -> dict:
 def cmd_fit(args: argparse.Namespace) -> None:
     from framework.run import fit
 
-    fit(_load(args))
+    fit(_load(args), resume=args.resume)
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="train an experiment", description="Train an experiment config.")
     with_config(p)
+    p.add_argument(
+        "--resume",
+        help="continue a run from a checkpoint: 'last' / 'best' of the newest run of this experiment, or a path "
+        "(weights, optimiser, scheduler, random states and data position; the run folder is the checkpoint's)",
+    )
     p.set_defaults(func=cmd_fit)
 
     for name, func, text in (
@@ -121,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         with_config(p)
-        p.add_argument("--ckpt", help="checkpoint file, or 'best' / 'last' of the newest run of this experiment")
+        p.add_argument(
+            "--ckpt",
+            help="checkpoint file, 'best' / 'last' of the newest run of this experiment, a bundle folder "
+            "('segearth export') or models:/NAME@ALIAS",
+        )
         p.add_argument("--out", help="folder for results (default: the checkpoint's run folder)")
         if name == "test":
             p.add_argument("--no-shuffled", action="store_true", help="skip the shuffled-question control")
@@ -178,9 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
 
+    from framework.bundle import add_export_parser
     from framework.convert import add_convert_parser
+    from framework.predict_cli import add_predict_parser
+    from framework.sweep import add_sweep_parser
 
     add_convert_parser(sub)
+    add_predict_parser(sub)
+    add_export_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 
@@ -200,6 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segearth: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:
+        # Lightning turns SIGTERM into a SystemExit without a code; a scheduler must not read that as success
+        if exc.code is None and type(exc).__name__ == "SIGTERMException":
+            print("segearth: terminated (SIGTERM)", file=sys.stderr)
+            return 143
+        raise
     return 0
 
 

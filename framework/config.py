@@ -35,6 +35,9 @@ class DataSchema:
     root: Optional[str] = None
     image_size: int = 1024
     batch_size: int = 1
+    # Training only: each item is this many questions of one image with one augmentation draw, and the encoder runs
+    # once per distinct image of a batch (framework/data/grouping.py); must divide batch_size. 1 = independent samples.
+    questions_per_image: int = 1
     eval_batch_size: int = 4
     num_workers: int = 0
     train_questions: str = "all"  # every question of an image is a training sample (the reference: first only)
@@ -57,6 +60,14 @@ class OptimSchema:
     min_lr_ratio: float = 0.0
     # Multiplies ``lr`` per slot (encoder, compressor, llm, projector, mask_head); missing slots use 1.
     slot_lr_scale: dict[str, float] = field(default_factory=dict)
+    # A NaN/inf training loss: "stop" (error naming step, sample ids, last good checkpoint) or "skip" the step.
+    on_nonfinite: str = "stop"
+
+
+@dataclass
+class CheckpointSchema:
+    # last.ckpt also every N optimiser steps (0: at validation only); a killed run resumes from it (--resume last)
+    every_n_steps: int = 0
 
 
 @dataclass
@@ -69,6 +80,7 @@ class LossSchema:
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
     deep_supervision: bool = True
+    presence_weight: float = 0.0  # image-level BCE on each mask's largest logit (framework/losses.py); 0 = reference
 
 
 @dataclass
@@ -78,6 +90,11 @@ class TrackingSchema:
     uri: str = "${oc.env:MLFLOW_TRACKING_URI,sqlite:///mlruns.db}"
     experiment: str = "segearth"
     run_name: Optional[str] = None
+    # an http(s) server that does not answer at start: false = stop with an error, true = log to sqlite:///mlruns.db
+    offline_fallback: bool = False
+    system_metrics: bool = True  # fit: CPU/GPU memory and utilisation (system/* metrics, MLflow's monitor)
+    val_overlays: int = 4  # fit: overlays of the first N val samples logged as images per validation (0 = none)
+    log_checkpoints: bool = False  # fit: best.ckpt and last.ckpt as run artifacts (checkpoints/)
 
 
 @dataclass
@@ -87,6 +104,16 @@ class EvalSchema:
     shuffle_seed: int = 0
     native: bool = True  # also score each image at its native resolution (logits cut out of the letterbox, resized)
     overlays: int = 8  # `segearth test`: PNG overlays of the first N test samples (0 = none)
+
+
+@dataclass
+class PredictSchema:
+    """Inference on user imagery (``segearth predict``, ``framework.predict``): how scenes are tiled."""
+
+    tiling: str = "auto"  # "auto": tile images with a side > tile_size; "always"; "never" (letterbox the whole image)
+    tile_size: Optional[int] = None  # tile side in native pixels; None = data.image_size (training frame size)
+    overlap: float = 0.25  # fraction of the tile shared with each neighbour; logits are blended there
+    tile_batch: int = 4  # tiles encoded at once: bounds memory together with the scene-sized output
 
 
 @dataclass
@@ -101,6 +128,8 @@ class ExperimentSchema:
     trainer: dict[str, Any] = field(default_factory=dict)
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
     eval: EvalSchema = field(default_factory=EvalSchema)
+    predict: PredictSchema = field(default_factory=PredictSchema)
+    checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
 
 
 TOP_LEVEL_KEYS = [f.name for f in dataclasses.fields(ExperimentSchema)]
@@ -201,6 +230,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None, validate_c
 
 
 def _check_choices(path: Path, cfg: dict) -> None:
+    if cfg["optim"]["on_nonfinite"] not in ("stop", "skip"):
+        raise ConfigError(f"{path}: optim.on_nonfinite must be 'stop' or 'skip', got {cfg['optim']['on_nonfinite']!r}")
+    if cfg["checkpoint"]["every_n_steps"] < 0:
+        raise ConfigError(f"{path}: checkpoint.every_n_steps must be >= 0, got {cfg['checkpoint']['every_n_steps']}")
     for key in ("train_questions", "eval_questions"):
         if cfg["data"][key] not in ("all", "first"):
             raise ConfigError(f"{path}: data.{key} must be 'all' or 'first', got {cfg['data'][key]!r}")

@@ -63,3 +63,14 @@ def mask_loss(
         target = targets
     bce = F.binary_cross_entropy_with_logits(pred, target, reduction="none").flatten(1).mean(1).mean()
     return bce, dice_loss(pred, target)
+
+
+def presence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE of each mask's largest logit [B] against whether its target [B,H,W] has any pixel.
+
+    An IoU-scored empty target is lost to a single false-positive pixel, which the per-pixel mean of BCE barely
+    notices; this image-level term pushes down exactly the strongest false positive of a no-target sample (and
+    asks for at least one confident pixel where there is a target). ``loss.presence_weight`` (0 = reference)."""
+    strongest = logits.flatten(1).amax(dim=1).float()
+    present = targets.flatten(1).amax(dim=1).float()
+    return F.binary_cross_entropy_with_logits(strongest, present)

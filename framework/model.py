@@ -6,6 +6,7 @@ The framework owns the data flow between slots and the slot-generic options (``f
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +27,16 @@ INJECTED: dict[str, tuple[str, ...]] = {
     "projector": ("text_dim", "feature_channels", "feature_strides", "out_dim"),
 }
 # Slot options the framework handles itself, with their defaults.
+# ``grad_checkpointing``: recompute the slot's blocks in the backward pass (the component's
+# ``set_grad_checkpointing``); ``dtype`` (encoder, frozen only): weights stored in bfloat16/float16 to save memory.
 FRAMEWORK_KEYS: dict[str, dict[str, Any]] = {
-    "encoder": {"frozen": False},
-    "llm": {"frozen": False},
-    "compressor": {"frozen": False, "level": -1},
-    "mask_head": {"frozen": False},
-    "projector": {"frozen": False},
+    "encoder": {"frozen": False, "grad_checkpointing": False, "dtype": "float32"},
+    "llm": {"frozen": False, "grad_checkpointing": False},
+    "compressor": {"frozen": False, "level": -1, "grad_checkpointing": False},
+    "mask_head": {"frozen": False, "grad_checkpointing": False},
+    "projector": {"frozen": False, "grad_checkpointing": False},
 }
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _split(slot: str, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -41,13 +45,17 @@ def _split(slot: str, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     component = {}
     for key, value in cfg.items():
         if key in options:
-            if key == "frozen" and not isinstance(value, bool):
-                raise ConfigError(f"model.{slot}.frozen: expected bool, got {value!r}")
+            if key in ("frozen", "grad_checkpointing") and not isinstance(value, bool):
+                raise ConfigError(f"model.{slot}.{key}: expected bool, got {value!r}")
+            if key == "dtype" and value not in DTYPES:
+                raise ConfigError(f"model.{slot}.dtype: expected one of {', '.join(DTYPES)}, got {value!r}")
             if key == "level" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ConfigError(f"model.{slot}.level: expected int, got {value!r}")
             options[key] = value
         else:
             component[key] = value
+    if options.get("dtype", "float32") != "float32" and not options["frozen"]:
+        raise ConfigError(f"model.{slot}.dtype: {options['dtype']} weights need frozen: true (no fp32 master copy)")
     return options, component
 
 
@@ -63,6 +71,17 @@ def check_model_config(model_cfg: dict[str, Any]) -> None:
             raise ConfigError(f"model.{slot} is missing")
         _, component = _split(slot, cfg)
         registry.check(component, dict.fromkeys(INJECTED[slot]), where=f"model.{slot}")
+
+
+def enable_grad_checkpointing(slot: str, module: nn.Module) -> None:
+    """Turn on the component's activation checkpointing (its ``set_grad_checkpointing(True)``, timm's name)."""
+    setter = getattr(module, "set_grad_checkpointing", None)
+    if setter is None:
+        raise ConfigError(
+            f"model.{slot}.grad_checkpointing: component {type(module).__name__} does not support it "
+            "(no set_grad_checkpointing method)"
+        )
+    setter(True)
 
 
 def freeze(module: nn.Module) -> None:
@@ -145,6 +164,11 @@ class SegEarthModel(nn.Module):
         self.frozen_slots = [slot for slot, opts in options.items() if opts["frozen"] and built[slot] is not None]
         for slot in self.frozen_slots:
             freeze(getattr(self, slot))
+        self.encoder_dtype = DTYPES[enc_opts["dtype"]]
+        self.encoder.to(self.encoder_dtype)
+        for slot, opts in options.items():
+            if opts.get("grad_checkpointing"):
+                enable_grad_checkpointing(slot, built[slot])
 
     def slots(self) -> dict[str, nn.Module]:
         """The built components by slot name (the compressor is absent when not configured)."""
@@ -168,14 +192,21 @@ class SegEarthModel(nn.Module):
         return max(self.encoder.strides)
 
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder features for images [B,3,H,W] in [0,1]; question-independent, computed once per image."""
+        """Encoder features for images [B,3,H,W] in [0,1]; question-independent, computed once per image.
+
+        Identical images of the batch (several questions asked of one image) are encoded once and their features
+        shared; in training mode batch-norm statistics therefore come from the distinct images."""
         h, w = images.shape[-2:]
         if h % self.max_stride or w % self.max_stride:
             raise ValueError(f"image size {h}x{w} is not divisible by the encoder's largest stride {self.max_stride}")
-        if "encoder" in self.frozen_slots:
-            with torch.no_grad():
-                return self.encoder(images)
-        return self.encoder(images)
+        distinct, inverse = distinct_rows(images)
+        with torch.no_grad() if "encoder" in self.frozen_slots else contextlib.nullcontext():
+            features = self.encoder(distinct.to(self.encoder_dtype))
+        if self.encoder_dtype != images.dtype:  # a low-precision frozen encoder hands on features as the input came
+            features = [f.to(images.dtype) for f in features]
+        if distinct.shape[0] == images.shape[0]:
+            return features
+        return [f[inverse] for f in features]
 
     def forward(
         self,
@@ -209,6 +240,20 @@ class SegEarthModel(nn.Module):
             output_stride=self.mask_head.output_stride,
             llm=llm_out,
         )
+
+
+def distinct_rows(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(distinct images [U,...] in order of first occurrence, inverse [B]) with ``distinct[inverse]`` == ``images``."""
+    if images.shape[0] < 2:
+        return images, torch.zeros(images.shape[0], dtype=torch.long, device=images.device)
+    _, inverse = torch.unique(images.flatten(1), dim=0, return_inverse=True)
+    # first occurrence of each distinct row, so the distinct images keep the batch's order
+    first = torch.full((int(inverse.max()) + 1,), images.shape[0], dtype=torch.long, device=images.device)
+    first.scatter_reduce_(0, inverse, torch.arange(images.shape[0], device=images.device), reduce="amin")
+    order = torch.argsort(first)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return images[first[order]], rank[inverse]
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

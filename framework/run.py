@@ -40,7 +40,8 @@ def new_run_dir(cfg: dict[str, Any]) -> Path:
 
 
 def resolve_checkpoint(cfg: dict[str, Any], ckpt: str) -> Path:
-    """A checkpoint path, or ``best`` / ``last`` of the newest run of this experiment."""
+    """A checkpoint path, or ``best`` / ``last`` of the newest run of this experiment (model bundles and
+    ``models:/`` URIs: ``framework.bundle.resolve_bundle``)."""
     if ckpt in ("best", "last"):
         base = Path(cfg["output_dir"]) / cfg["name"]
         runs = sorted(p for p in base.glob("*/checkpoints") if (p / f"{ckpt}.ckpt").exists()) if base.is_dir() else []
@@ -59,43 +60,62 @@ def _seed(cfg: dict[str, Any]) -> None:
     L.seed_everything(cfg["seed"], workers=True, verbose=False)
 
 
-def fit(cfg: dict[str, Any]) -> Path:
-    """Train; returns the run folder (config.yaml, checkpoints/{best,last}.ckpt)."""
-    import lightning as L
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+def fit(cfg: dict[str, Any], resume: str | None = None) -> Path:
+    """Train; returns the run folder (config.yaml, checkpoints/{best,last}.ckpt, fit.json).
 
+    ``resume``: ``last`` (the newest run's last.ckpt), ``best`` or a checkpoint path: continue that run, in its run
+    folder, from the checkpoint's weights, optimiser, scheduler, random states and position in the training order
+    (``framework.checkpointing``). Under DDP every process runs this function; all write into one run folder
+    (``framework.training.shared_run_dir``) and only global rank 0 writes files, prints and logs to MLflow.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from framework.checkpointing import ResumeState, checkpoint_callbacks
     from framework.data.datamodule import ReasoningDataModule
+    from framework.sweep import trial_callbacks
     from framework.task import SegEarthTask
-    from framework.tracking import log_run_files, make_logger
+    from framework.tracking import log_run_files, make_logger, tracking_callbacks
+    from framework.training import fit_trainer_kwargs, run_dir_for_children, shared_run_dir
 
     trainer_kwargs = _trainer_kwargs(cfg)
     data = ReasoningDataModule(cfg["data"], seed=cfg["seed"])
     data.dataset("train"), data.dataset("val")  # fail on bad data before building a model
-    run_dir = new_run_dir(cfg)
-    config_path = save_config(cfg, run_dir / "config.yaml")
+    ckpt_path = resolve_checkpoint(cfg, resume) if resume else None
+    run_dir = shared_run_dir(cfg, new_run_dir, ckpt_path)
+    writer = rank_zero_only.rank == 0  # from the launcher's environment, known before the process group exists
+    config_path = save_config(cfg, run_dir / "config.yaml") if writer else None
+    logger = make_logger(cfg, run_dir, f"{cfg['name']}-fit")  # before the model: an unreachable server fails fast
     _seed(cfg)
     task = SegEarthTask(cfg)
-    logger = make_logger(cfg, run_dir, f"{cfg['name']}-fit")
-    callbacks = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="best", monitor="val/giou", mode="max", save_last=True
-        )
-    ]
+    every_n_steps = cfg["checkpoint"]["every_n_steps"]
+    callbacks: list[L.Callback] = [*checkpoint_callbacks(run_dir / "checkpoints", every_n_steps), ResumeState()]
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    callbacks += tracking_callbacks(cfg, logger)
+    callbacks += trial_callbacks()  # a sweep trial's pruning callback (none outside `segearth sweep`)
     trainer = L.Trainer(
-        default_root_dir=run_dir, logger=logger if logger is not None else False, callbacks=callbacks, **trainer_kwargs
+        default_root_dir=run_dir,
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        **fit_trainer_kwargs(trainer_kwargs, task.model),
     )
-    log_run_files(logger, cfg, [config_path])
+    if writer:
+        log_run_files(logger, cfg, [config_path])
     started = time.time()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), run_dir_for_children(run_dir):
         # frozen slots are kept in eval mode on purpose (no dropout / DropPath on a frozen part)
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-        trainer.fit(task, datamodule=data)
-    (run_dir / "fit.json").write_text(
-        json.dumps({"wall_s": round(time.time() - started, 1), "val": task.results.get("val", {})}, indent=2)
-    )
-    print(f"run folder: {run_dir}")
+        trainer.fit(task, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
+    if trainer.is_global_zero:
+        summary = {"wall_s": round(time.time() - started, 1), "val": task.results.get("val", {})}
+        if ckpt_path is not None:
+            summary["resumed_from"] = str(ckpt_path)
+        if task.skipped_steps:
+            summary["nonfinite_skipped_steps"] = task.skipped_steps
+        (run_dir / "fit.json").write_text(json.dumps(summary, indent=2))
+        print(f"run folder: {run_dir}")
     return run_dir
 
 
@@ -134,7 +154,12 @@ def evaluate(cfg: dict[str, Any], ckpt: str | None, stage: str = "test", out: st
     _check_collectable(trainer)
     data = ReasoningDataModule(cfg["data"], seed=cfg["seed"], shuffled_control_seed=cfg["eval"]["shuffle_seed"])
     data.dataset(stage if stage == "test" else "val")
-    ckpt_path = resolve_checkpoint(cfg, ckpt) if ckpt else None
+    from framework.bundle import resolve_bundle
+
+    bundle = resolve_bundle(ckpt, cfg["tracking"]["uri"]) if ckpt else None
+    if bundle is not None:  # a bundle brings its own model; the experiment config gives data and evaluation
+        cfg = {**cfg, "model": bundle.config["model"]}
+    ckpt_path = resolve_checkpoint(cfg, ckpt) if ckpt and bundle is None else None
     # rank from the launcher's environment (DDP re-runs this command in every process): only rank 0 writes
     writer = rank_zero_only.rank == 0
     logger = None
@@ -145,6 +170,8 @@ def evaluate(cfg: dict[str, Any], ckpt: str | None, stage: str = "test", out: st
         trainer.logger = logger
     _seed(cfg)
     task = SegEarthTask(cfg)
+    if bundle is not None:
+        bundle.load_into(task.model)
     if ckpt_path is not None:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         task.on_load_checkpoint(checkpoint)
@@ -163,7 +190,7 @@ def evaluate(cfg: dict[str, Any], ckpt: str | None, stage: str = "test", out: st
                 trainer.test(task, dataloaders=data.shuffled_test_dataloader(), verbose=False)
             results = dict(task.results)
     results["wall_s"] = round(time.time() - started, 1)
-    results["checkpoint"] = str(ckpt_path) if ckpt_path else None
+    results["checkpoint"] = str(ckpt_path) if ckpt_path else ckpt
     if not writer:
         return results
     json_path = out_dir / f"results_{stage}.json" if stage != "test" else out_dir / "results.json"

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from framework.data.transforms import box_mask
-from framework.losses import mask_loss
+from framework.losses import mask_loss, presence_loss
 from framework.metrics import ReasoningSegMetrics
 from framework.model import ModelOutput, SegEarthModel, upsample_logits
 from framework.postprocess import unletterbox
+from framework.training import drop_gradients, guard_loss
 
 
 def _fingerprint(module: nn.Module) -> list[float]:
@@ -33,7 +34,8 @@ class SegEarthTask(L.LightningModule):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        self.save_hyperparameters({"config": config})
+        # kept in checkpoints; not logged: tracking logs the config as flat params (``model.encoder.name``, ...)
+        self.save_hyperparameters({"config": config}, logger=False)
         self.config = config
         self.model = SegEarthModel(config["model"])
         # "<stage>": in the letterboxed frame (reference-comparable); "<stage>_native": each image's own size
@@ -43,9 +45,13 @@ class SegEarthTask(L.LightningModule):
         self.test_prefix = "test"  # "test_shuffled" for the shuffled-question control
         self.results: dict[str, dict] = {}
         self.overlay_predictions: dict[int, np.ndarray] = {}  # id -> bool [H0,W0], first ``eval.overlays`` ids
+        self.val_overlays = 0  # first N val ids kept per validation (set by tracking.ValOverlays)
+        self.val_overlay_predictions: dict[int, np.ndarray] = {}  # id -> bool [H0,W0], of every process
         self._rows: list[dict] = []
         self._kept: dict[int, np.ndarray] = {}
         self._overlay_ids: range = range(0)
+        self.skipped_steps = 0  # optimiser steps left out for a non-finite loss (optim.on_nonfinite: skip)
+        self.skip_update = False
 
     # ---------------------------------------------------------------- losses
     def _loss(self, out: ModelOutput, targets: torch.Tensor, point_sampled: bool) -> dict[str, torch.Tensor]:
@@ -64,6 +70,9 @@ class SegEarthTask(L.LightningModule):
             bce, dice = bce + b, dice + d
         terms = {"mask_bce": bce, "mask_dice": dice}
         loss = lc["bce_weight"] * bce + lc["dice_weight"] * dice
+        if lc["presence_weight"]:
+            terms["presence"] = presence_loss(out.mask_logits, targets)
+            loss = loss + lc["presence_weight"] * terms["presence"]
         if out.lm_loss is not None:
             terms["lm"] = out.lm_loss
             loss = loss + lc["lm_weight"] * out.lm_loss
@@ -75,8 +84,15 @@ class SegEarthTask(L.LightningModule):
         out = self.model(batch["image"], batch["question"], answers)
         terms = self._loss(out, batch["mask"], point_sampled=self.config["loss"]["point_sample"])
         bs = batch["image"].shape[0]
+        loss = guard_loss(self, terms["loss"], batch)  # stops, or skips the step, on a NaN/inf loss
+        if self.skip_update:
+            self.log("train/nonfinite_skipped", float(self.skipped_steps), batch_size=bs, on_step=True)
+            return loss
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, batch_size=bs, on_step=True, on_epoch=True)
-        return terms["loss"]
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        drop_gradients(self, optimizer)  # a skipped step leaves parameters and optimiser state untouched
 
     # ---------------------------------------------------------------- evaluation
     @property
@@ -92,7 +108,7 @@ class SegEarthTask(L.LightningModule):
         pred = upsample_logits(out.mask_logits, size) > threshold
         self.metrics[stage].update(pred, batch["mask"], batch["id"], box_mask(batch["box"], size[0]))
         ids = batch["id"].tolist()
-        wanted = self._overlay_ids if stage == "test" and self.test_prefix == "test" else range(0)
+        wanted = self._overlay_ids if stage == "val" or self.test_prefix == "test" else range(0)
         rows = [k for k, i in enumerate(ids) if self._native or i in wanted]
         if not rows:
             return out
@@ -142,7 +158,13 @@ class SegEarthTask(L.LightningModule):
         terms = self._loss(out, batch["mask"], point_sampled=False)  # full-mask: deterministic val loss
         self.log("val/loss", terms["loss"], batch_size=batch["image"].shape[0], on_epoch=True, sync_dist=True)
 
+    def on_validation_epoch_start(self) -> None:
+        self._kept = {}
+        self._overlay_ids = range(self.val_overlays)
+
     def on_validation_epoch_end(self) -> None:
+        if self.val_overlays:
+            self.val_overlay_predictions = {i: m for part in self._gather(self._kept) for i, m in part.items()}
         values, _ = self._compute("val")
         self.results["val"] = values
         self._log_metrics("val", values)

@@ -11,7 +11,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from framework.data.augment import augment_from_config
+from framework.data.grouping import ImageGroups, collate_groups
 from framework.data.samples import collate
+from framework.data.sampling import training_loader
 from framework.errors import ConfigError, DataError
 from framework.registry import DATASETS
 
@@ -87,16 +89,27 @@ class ReasoningDataModule(L.LightningDataModule):
 
     def _loader(self, stage: str, train: bool) -> DataLoader:
         workers = self.cfg["num_workers"]
-        return DataLoader(
-            self.dataset(stage),
-            batch_size=self.cfg["batch_size"] if train else self.cfg["eval_batch_size"],
-            shuffle=train,
-            drop_last=train and len(self.dataset(stage)) > self.cfg["batch_size"],
+        dataset, batch_size, collate_fn = self.dataset(stage), self.cfg["eval_batch_size"], collate
+        if train:
+            k = self.cfg["questions_per_image"]
+            if k < 1 or self.cfg["batch_size"] % k:
+                raise ConfigError(
+                    f"data.questions_per_image: {k} must be a positive divisor of data.batch_size "
+                    f"({self.cfg['batch_size']})"
+                )
+            batch_size = self.cfg["batch_size"] // k
+            if k > 1:
+                dataset, collate_fn = ImageGroups(dataset, k), collate_groups
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            drop_last=train and len(dataset) > batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
-            collate_fn=collate,
+            collate_fn=collate_fn,
         )
+        # training order: seeded per epoch, the same global batches on any number of processes, resumable mid-epoch
+        return training_loader(loader, self.seed, self.trainer) if train else loader
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -154,12 +154,14 @@ class SampleDataset(Dataset):
             raise DataError(f"{sample.mask}: the sample has no target (empty answer) but the label is not empty")
         return image, mask
 
-    def item(self, index: int) -> dict:
+    def item(self, index: int, augment_seed: int | None = None) -> dict:
+        """One letterboxed sample; ``augment_seed`` fixes the augmentation draw (samples of one image augmented
+        with one seed get the same geometry and colours), by default it comes from torch's generator."""
         sample = self.samples[index]
         image, mask = self.load(sample)
         question, answer = sample.question, sample.answer
         if self.augment is not None:
-            seed = int(torch.randint(2**31, (1,)))
+            seed = int(torch.randint(2**31, (1,))) if augment_seed is None else augment_seed
             image, mask, question, answer = self.augment(image, mask, question, answer, seed)
         pixels, box = letterbox_image(Image.fromarray(image), self.image_size)
         return {
@@ -174,15 +176,15 @@ class SampleDataset(Dataset):
             "native_mask": torch.from_numpy(mask),  # bool [H0,W0] as trained on; sizes differ: collated as a list
         }
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int, augment_seed: int | None = None) -> dict:
         if self.on_bad_sample == "error":
-            return self.item(index)
+            return self.item(index, augment_seed)
         for offset in range(len(self)):
             candidate = (index + offset) % len(self)
             if candidate in self._unreadable:
                 continue
             try:
-                return self.item(candidate)
+                return self.item(candidate, augment_seed)
             except DataError as exc:
                 self._unreadable.add(candidate)
                 self.skipped.append((str(self.samples[candidate].image), str(exc)))

@@ -1,6 +1,6 @@
 import torch
 
-from framework.losses import dice_loss, mask_loss, point_sample, sample_uncertain_points
+from framework.losses import dice_loss, mask_loss, point_sample, presence_loss, sample_uncertain_points
 
 
 def test_point_sample_reads_pixel_centres():
@@ -51,3 +51,20 @@ def test_dice_perfect_prediction():
     t[0, :4] = 1
     logits = (t * 2 - 1) * 50
     assert dice_loss(logits, t) < 1e-6
+
+
+def test_presence_loss_reads_the_strongest_pixel_against_target_presence():
+    logits = torch.full((2, 4, 4), -6.0)
+    targets = torch.zeros(2, 8, 8)
+    targets[1, :2, :2] = 1
+    logits[1, 0, 0] = 6.0  # a target found by one confident pixel
+    low = presence_loss(logits, targets)
+    assert low < 0.01
+    logits[0, 3, 3] = 6.0  # one false-positive pixel on the empty target: the whole image-level term notices
+    high = presence_loss(logits, targets)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([6.0, 6.0]), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(high, expected)
+    # only the strongest pixel of the empty sample gets a gradient
+    logits.requires_grad_(True)
+    presence_loss(logits, targets).backward()
+    assert logits.grad[0].count_nonzero() == 1 and logits.grad[0, 3, 3] > 0

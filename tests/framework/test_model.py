@@ -66,3 +66,23 @@ def test_config_errors_at_assembly():
 def test_image_size_must_fit_the_strides():
     with pytest.raises(ValueError, match="divisible"):
         tiny_model()(torch.rand(1, 3, 60, 60), ["q"])
+
+
+def test_identical_images_are_encoded_once_with_the_same_outputs_and_gradients():
+    model = tiny_model().eval()
+    calls = []
+    model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    a, b = torch.rand(2, 3, 64, 64).unbind(0)
+    images = torch.stack([b, a, b, b, a])
+    questions = ["where is water?", "which roads?", "where are roofs?", "which roads?", "where is water?"]
+    out = model(images, questions)
+    assert calls == [2]  # two distinct images
+    out.mask_logits.square().sum().backward()
+    shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    separate = torch.cat([model(img[None], [q]).mask_logits for img, q in zip(images, questions)])
+    torch.testing.assert_close(out.mask_logits, separate, rtol=1e-5, atol=1e-6)
+    separate.square().sum().backward()
+    for name, grad in shared.items():  # equal up to summation order
+        reference = model.get_parameter(name).grad
+        assert (grad - reference).norm() <= 1e-4 * reference.norm() + 1e-7, name
