@@ -65,7 +65,9 @@ def test_images_are_symlinks_to_the_source_jpegs(converted):
 
 
 def test_class_colours_are_the_ones_measured_in_the_readme():
-    rows = re.findall(r"^\| (\w+)[^|]*\| #([0-9A-F]{6}) \|", (DUBAI / "README.md").read_text(encoding="utf-8"), re.M)
+    readme = DUBAI / "README.md"
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    rows = re.findall(r"^\| (\w+)[^|]*\| #([0-9A-F]{6}) \|", text, re.M)
     if not rows:
         pytest.skip(f"no README colour table at {DUBAI}")
     measured = {name: int(hex_, 16) for name, hex_ in rows}
