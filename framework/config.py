@@ -81,6 +81,7 @@ class LossSchema:
     importance_sample_ratio: float = 0.75
     deep_supervision: bool = True
     presence_weight: float = 0.0  # image-level BCE on each mask's largest logit (framework/losses.py); 0 = reference
+    competition_weight: float = 0.0  # per-pixel softmax across the questions of one image (framework/losses.py)
 
 
 @dataclass

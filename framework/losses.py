@@ -74,3 +74,30 @@ def presence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     strongest = logits.flatten(1).amax(dim=1).float()
     present = targets.flatten(1).amax(dim=1).float()
     return F.binary_cross_entropy_with_logits(strongest, present)
+
+
+def competition_loss(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cross-entropy between the questions asked of one image: logits [B,h,w], targets [B,H,W] (H,W
+    multiples of h,w), ``groups`` [B] (equal ids = the same image; ``distinct_rows``' inverse).
+
+    Within a group of k ≥ 2 questions each pixel is a (k+1)-way softmax over the k questions' logits and a fixed
+    background logit 0 (the sigmoid's decision boundary: a question claims a pixel when its logit beats 0 and the
+    other questions). The target distribution is spread evenly over the questions whose targets cover the pixel
+    (area fractions at the logits' resolution), the background taking what they leave. It is the training signal of
+    a k-class segmenter, which one-question BCE lacks: a pixel must be claimed by the right question *rather than*
+    the others. Mean over the pixels of every group of ≥ 2; 0 when there is none. ``loss.competition_weight``."""
+    area = F.adaptive_avg_pool2d(targets[:, None].float(), logits.shape[-2:])[:, 0]
+    losses = []
+    for g in groups.unique():
+        members = (groups == g).nonzero()[:, 0]
+        if members.numel() < 2:
+            continue
+        cover = area[members]  # [k,h,w]
+        total = cover.sum(0, keepdim=True)
+        share = cover / total.clamp(min=1.0)
+        target = torch.cat([share, 1 - share.sum(0, keepdim=True)])  # [k+1,h,w], background last
+        scores = torch.cat([logits[members].float(), torch.zeros_like(total)])
+        losses.append(-(target * scores.log_softmax(0)).sum(0).mean())
+    if not losses:
+        return logits.sum() * 0.0
+    return torch.stack(losses).mean()

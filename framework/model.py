@@ -7,6 +7,7 @@ The framework owns the data flow between slots and the slot-generic options (``f
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +197,12 @@ class SegEarthModel(nn.Module):
 
         Identical images of the batch (several questions asked of one image) are encoded once and their features
         shared; in training mode batch-norm statistics therefore come from the distinct images."""
+        distinct, inverse = self.encode_distinct(images)
+        return distinct if inverse is None else [f[inverse] for f in distinct]
+
+    def encode_distinct(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """(features of the distinct images [U,C_i,H/s_i,W/s_i], inverse [B] with ``features[inverse]`` the batch's;
+        None when every image of the batch is distinct)."""
         h, w = images.shape[-2:]
         if h % self.max_stride or w % self.max_stride:
             raise ValueError(f"image size {h}x{w} is not divisible by the encoder's largest stride {self.max_stride}")
@@ -204,9 +211,7 @@ class SegEarthModel(nn.Module):
             features = self.encoder(distinct.to(self.encoder_dtype))
         if self.encoder_dtype != images.dtype:  # a low-precision frozen encoder hands on features as the input came
             features = [f.to(images.dtype) for f in features]
-        if distinct.shape[0] == images.shape[0]:
-            return features
-        return [f[inverse] for f in features]
+        return features, None if distinct.shape[0] == images.shape[0] else inverse
 
     def forward(
         self,
@@ -219,19 +224,42 @@ class SegEarthModel(nn.Module):
 
         ``images`` [B,3,H,W] in [0,1], or precomputed ``features`` (from ``encode``) to ask new questions of
         the same images without re-running the encoder.
+
+        The question-independent slots run once per distinct image of the batch: the encoder, the compressor and a
+        mask head's ``pixel_features`` (when it has the ``pixel_features``/``decode`` split); their outputs are
+        then gathered to the batch's rows.
         """
+        inverse = None
         if features is None:
             if images is None:
                 raise ValueError("forward needs images or features")
-            features = self.encode(images)
-        if len(questions) != features[0].shape[0]:
-            raise ValueError(f"{len(questions)} questions for a batch of {features[0].shape[0]} images")
+            features, inverse = self.encode_distinct(images)
+        elif features[0].shape[0] > 1 and all(f.stride(0) == 0 for f in features):
+            # one image's features expanded over its questions (``Predictor``): the image-only slots run once
+            inverse = torch.zeros(features[0].shape[0], dtype=torch.long, device=features[0].device)
+            features = [f[:1] for f in features]
+        rows = features[0].shape[0] if inverse is None else inverse.shape[0]
+        if len(questions) != rows:
+            raise ValueError(f"{len(questions)} questions for a batch of {rows} images")
+
+        def per_row(tensor: torch.Tensor) -> torch.Tensor:
+            if inverse is None:
+                return tensor
+            if tensor.shape[0] == 1:  # a view, no copy: the rows are one image's
+                return tensor.expand(rows, *tensor.shape[1:])
+            return tensor[inverse]
+
         visual_tokens = None
         if self.compressor is not None:
-            visual_tokens = self.compressor(features[self.compressor_level])
+            visual_tokens = per_row(self.compressor(features[self.compressor_level]))
         llm_out = self.llm(questions, visual_tokens, answers)
-        queries = self.projector(llm_out, features)
-        head_out = self.mask_head(features, queries)
+        batch_features = [per_row(f) for f in features]
+        queries = self.projector(llm_out, batch_features)
+        if hasattr(self.mask_head, "pixel_features"):
+            pixels = map_tensors(per_row, self.mask_head.pixel_features(features))
+            head_out = self.mask_head.decode(pixels, queries)
+        else:
+            head_out = self.mask_head(batch_features, queries)
         combine = (lambda m: m.amax(dim=1)) if head_out.masks.shape[1] > 1 else (lambda m: m[:, 0])
         return ModelOutput(
             mask_logits=combine(head_out.masks),
@@ -240,6 +268,18 @@ class SegEarthModel(nn.Module):
             output_stride=self.mask_head.output_stride,
             llm=llm_out,
         )
+
+
+def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """``value`` with ``fn`` applied to every tensor inside it (nested lists, tuples, mappings; transformers'
+    ``ModelOutput`` is a mapping); anything else unchanged."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return type(value)(**{key: map_tensors(fn, item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(fn, item) for item in value)
+    return value
 
 
 def distinct_rows(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

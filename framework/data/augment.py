@@ -8,6 +8,9 @@ Config ``data.augment`` (None or ``{}`` = no augmentation; only the training spl
     rot90: 0.5          # probability of RandomRotate90: 0-3 counter-clockwise quarter turns, each 1/4
     color: 0.3          # probability of a mild colour jitter (brightness/contrast/saturation 0.2, hue 0.02)
     scale: [0.8, 1.2]   # zoom about the centre by a factor drawn from the range, always; size is kept
+    translate: 0.0      # shift the view by up to this fraction of the size along each axis (with the zoom)
+    keep_target: true   # a zoom/shift that would leave the target outside the view is undone; false: the
+                        # sample becomes a no-target sample (empty mask, the no-target answer)
     directional: rewrite  # or "skip": no geometric change for text with direction words (colour still applies)
 
 Image up is north. Directions are rewritten word by word, in the text's own words and capitalisation:
@@ -36,7 +39,7 @@ import numpy as np
 from framework.errors import ConfigError
 
 PROBABILITY_KEYS = ("hflip", "vflip", "rot90", "color")
-AUGMENT_KEYS = (*PROBABILITY_KEYS, "scale", "directional")
+AUGMENT_KEYS = (*PROBABILITY_KEYS, "scale", "translate", "keep_target", "directional")
 DIRECTIONAL_MODES = ("rewrite", "skip")
 
 Vector = tuple[int, int]  # (down, right) in image axes, each -1, 0 or 1
@@ -200,8 +203,8 @@ class QuestionAwareAugment:
     """Augments one native sample: ``image`` uint8 [H,W,3] and ``mask`` bool [H,W] in, the same out (H and W
     swap after an odd quarter turn), with the question and answer rewritten to the new geometry.
 
-    Every random draw comes from ``seed``, so equal seeds give equal samples. A zoom that would crop the
-    whole target away leaves the sample as it was.
+    Every random draw comes from ``seed``, so equal seeds give equal samples. A zoom or shift that would crop the
+    whole target away leaves the sample as it was (``keep_target``) or returns the empty mask.
     """
 
     def __init__(
@@ -211,6 +214,8 @@ class QuestionAwareAugment:
         rot90: float = 0.0,
         color: float = 0.0,
         scale: list[float] | None = None,
+        translate: float = 0.0,
+        keep_target: bool = True,
         directional: str = "rewrite",
     ) -> None:
         given = zip(PROBABILITY_KEYS, (hflip, vflip, rot90, color))
@@ -220,6 +225,12 @@ class QuestionAwareAugment:
                 f"data.augment.directional: expected one of {', '.join(DIRECTIONAL_MODES)}, got {directional!r}"
             )
         self.scale = _check_scale(scale)
+        if isinstance(translate, bool) or not isinstance(translate, (int, float)) or not 0 <= translate < 1:
+            raise ConfigError(f"data.augment.translate: expected a fraction in [0, 1), got {translate!r}")
+        if not isinstance(keep_target, bool):
+            raise ConfigError(f"data.augment.keep_target: expected true or false, got {keep_target!r}")
+        self.translate = float(translate)
+        self.keep_target = keep_target
         self.directional = directional
         self._full = self._compose(flips=True, quarter_turns=True, zoom=True)
         self._without_quarter_turns = self._compose(flips=True, quarter_turns=False, zoom=True)
@@ -235,10 +246,12 @@ class QuestionAwareAugment:
             steps += [A.HorizontalFlip(p=self.hflip), A.VerticalFlip(p=self.vflip)]
         if quarter_turns:
             steps.append(A.RandomRotate90(p=self.rot90))
-        if zoom and self.scale is not None:
+        if zoom and (self.scale is not None or self.translate):
+            shift = (-self.translate, self.translate)
             steps.append(
                 A.Affine(
-                    scale=self.scale,
+                    scale=self.scale if self.scale is not None else 1.0,
+                    translate_percent={"x": shift, "y": shift},
                     keep_ratio=True,
                     border_mode=cv2.BORDER_CONSTANT,
                     fill=0,
@@ -269,7 +282,7 @@ class QuestionAwareAugment:
         pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
         out = pipeline(image=image, mask=mask.astype(np.uint8))
         new_mask = out["mask"].astype(bool)
-        if mask.any() and not new_mask.any():
+        if self.keep_target and mask.any() and not new_mask.any():
             return image, mask, question, answer
         geometry = _applied_geometry(out["applied_transforms"])
         return (

@@ -6,9 +6,9 @@ Dubai image) spends most of a training step re-encoding the same pixels. ``Image
 model's encoder, which runs once per distinct image of a batch (``SegEarthModel.encode``), serves all ``k``.
 
 An epoch visits image ``i`` ``ceil(n_i / k)`` times (``n_i`` = its samples); each visit draws ``k`` distinct samples
-of the image (all of them when ``n_i < k``) and one augmentation seed from torch's generator, which
-``seed_everything`` and the data loader's worker seeding fix. Samples are drawn at random per visit, so an epoch sees
-about, not exactly, every sample once.
+of the image (all of them when ``n_i < k``), covering as many of its concepts as ``k`` allows, and one augmentation
+seed from torch's generator, which ``seed_everything`` and the data loader's worker seeding fix. Samples are drawn at
+random per visit, so an epoch sees about, not exactly, every sample once.
 """
 
 from __future__ import annotations
@@ -43,8 +43,16 @@ class ImageGroups(Dataset):
         return len(self.visits)
 
     def __getitem__(self, index: int) -> list[dict]:
-        members = self.images[self.visits[index]]
-        chosen = [members[j] for j in torch.randperm(len(members))[: self.k].tolist()]
+        members = [self.images[self.visits[index]][j] for j in torch.randperm(len(self.images[self.visits[index]]))]
+        # spread over the image's concepts first (one per concept, then a second one, ...), so that k questions
+        # of a five-class image ask five different things rather than repeat phrasings of one
+        seen: dict[str, int] = defaultdict(int)
+        rank = []
+        for i in members:
+            concept = self.dataset.samples[i].concept
+            rank.append(seen[concept])
+            seen[concept] += 1
+        chosen = [members[j] for j in sorted(range(len(members)), key=rank.__getitem__)[: self.k]]
         seed = int(torch.randint(2**31, (1,)))
         return [self.dataset.__getitem__(i, augment_seed=seed) for i in chosen]
 

@@ -17,6 +17,7 @@ draw is seeded from torch's generator, which ``seed_everything`` and the data lo
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ class SampleDataset(Dataset):
         self.skipped: list[tuple[str, str]] = []
         self._unreadable: set[int] = set()
         self.augment: QuestionAwareAugment | None = None
+        self._last_image: tuple[Path, np.ndarray] | None = None
 
     @contextmanager
     def entry(self, where: str | Path) -> Iterator[None]:
@@ -141,7 +143,7 @@ class SampleDataset(Dataset):
     def load(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         """(image uint8 [H,W,3], mask bool [H,W]); a mask of another size, or a non-empty mask for a sample
         without target, is a DataError naming the files."""
-        image = read_image(sample.image, self.bands, self.scale)
+        image = self._read_image(sample.image)
         if sample.mask is None:
             return image, np.zeros(image.shape[:2], dtype=bool)
         mask = sample.mask.read()
@@ -154,6 +156,17 @@ class SampleDataset(Dataset):
             raise DataError(f"{sample.mask}: the sample has no target (empty answer) but the label is not empty")
         return image, mask
 
+    def _read_image(self, path: Path) -> np.ndarray:
+        """The image's pixels. The last image read is kept, read-only, so that consecutive samples of one image
+        (the questions of a grouped training item; evaluation, which lists an image's questions together) decode
+        it once."""
+        real = Path(os.path.realpath(path))  # samples may name one image through their own symlinks
+        if self._last_image is None or self._last_image[0] != real:
+            image = read_image(path, self.bands, self.scale)
+            image.setflags(write=False)
+            self._last_image = (real, image)
+        return self._last_image[1]
+
     def item(self, index: int, augment_seed: int | None = None) -> dict:
         """One letterboxed sample; ``augment_seed`` fixes the augmentation draw (samples of one image augmented
         with one seed get the same geometry and colours), by default it comes from torch's generator."""
@@ -163,6 +176,8 @@ class SampleDataset(Dataset):
         if self.augment is not None:
             seed = int(torch.randint(2**31, (1,))) if augment_seed is None else augment_seed
             image, mask, question, answer = self.augment(image, mask, question, answer, seed)
+            if sample.has_target and sample.answer and not mask.any():  # cropped away (augment.keep_target: false)
+                answer = NO_TARGET_ANSWER
         pixels, box = letterbox_image(Image.fromarray(image), self.image_size)
         return {
             "image": pixels,

@@ -16,6 +16,7 @@ from torch import nn
 
 import components  # noqa: F401  (registers every component)
 from framework.contracts import LLMOutput, MaskHeadOutput
+from framework.model import map_tensors
 from framework.registry import SLOTS
 
 FEATURE_CHANNELS = [16, 24, 40, 80]
@@ -168,3 +169,11 @@ def test_mask_head_contract(name: str) -> None:
         assert_finite([out.masks, *out.aux])
     assert_all_parameters_get_gradients(head, [out.masks, *out.aux])
     assert_reached_by_gradient(queries, "the queries")
+    if hasattr(head, "pixel_features"):  # the model runs it once per distinct image and gathers its rows
+        head.eval()
+        maps, rows = fake_features(2, 64), torch.tensor([1, 0, 1])
+        queries = torch.randn(3, 1, head.query_dim)
+        with torch.no_grad():
+            direct = head([f[rows] for f in maps], queries)
+            split = head.decode(map_tensors(lambda t: t[rows], head.pixel_features(maps)), queries)
+        torch.testing.assert_close(split.masks, direct.masks, rtol=1e-4, atol=1e-5)

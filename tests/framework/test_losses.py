@@ -1,6 +1,13 @@
 import torch
 
-from framework.losses import dice_loss, mask_loss, point_sample, presence_loss, sample_uncertain_points
+from framework.losses import (
+    competition_loss,
+    dice_loss,
+    mask_loss,
+    point_sample,
+    presence_loss,
+    sample_uncertain_points,
+)
 
 
 def test_point_sample_reads_pixel_centres():
@@ -68,3 +75,37 @@ def test_presence_loss_reads_the_strongest_pixel_against_target_presence():
     logits.requires_grad_(True)
     presence_loss(logits, targets).backward()
     assert logits.grad[0].count_nonzero() == 1 and logits.grad[0, 3, 3] > 0
+
+
+def test_competition_loss_is_a_softmax_over_an_images_questions_and_background():
+    # two questions of image 0 (ids 0, 0) and one of image 1 (a singleton: no competitor, no term)
+    logits = torch.tensor([[[2.0, -1.0]], [[0.5, 1.0]], [[9.0, 9.0]]])  # [3,1,2]
+    targets = torch.zeros(3, 2, 4)
+    targets[0, :, :2] = 1  # question 0 owns pixel (0,0) in full
+    targets[1, :, 2:3] = 1  # question 1 owns half of pixel (0,1); the other half is background
+    groups = torch.tensor([0, 0, 1])
+    loss = competition_loss(logits, targets, groups)
+    p0 = torch.log_softmax(torch.tensor([2.0, 0.5, 0.0]), 0)
+    p1 = torch.log_softmax(torch.tensor([-1.0, 1.0, 0.0]), 0)
+    expected = (-p0[0] + -(0.5 * p1[1] + 0.5 * p1[2])) / 2
+    torch.testing.assert_close(loss, expected)
+
+
+def test_competition_loss_splits_shared_pixels_and_rewards_the_right_claim():
+    targets = torch.zeros(2, 4, 4)
+    targets[:, :2] = 1  # two phrasings of one concept: the same target, so each pixel is shared evenly
+    logits = torch.where(targets.bool(), 8.0, -8.0)
+    shared = competition_loss(logits, targets, torch.zeros(2, dtype=torch.long))
+    torch.testing.assert_close(shared, torch.log(torch.tensor(2.0)) / 2, atol=1e-3, rtol=0)  # top half only
+    targets[1] = 0
+    targets[1, 2:] = 1  # now disjoint: confident right claims cost ~0, swapped claims cost a lot
+    right = torch.where(targets.bool(), 8.0, -8.0)
+    assert competition_loss(right, targets, torch.zeros(2, dtype=torch.long)) < 1e-3
+    assert competition_loss(right.flip(0), targets, torch.zeros(2, dtype=torch.long)) > 8
+
+
+def test_competition_loss_without_groups_is_zero_and_differentiable():
+    logits = torch.randn(3, 4, 4, requires_grad=True)
+    loss = competition_loss(logits, torch.ones(3, 8, 8), torch.arange(3))
+    loss.backward()
+    assert loss.item() == 0 and logits.grad is not None

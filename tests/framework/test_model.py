@@ -68,21 +68,40 @@ def test_image_size_must_fit_the_strides():
         tiny_model()(torch.rand(1, 3, 60, 60), ["q"])
 
 
-def test_identical_images_are_encoded_once_with_the_same_outputs_and_gradients():
-    model = tiny_model().eval()
-    calls = []
-    model.encoder.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+SHARING_VARIANTS = {
+    "fpn with FiLM": {},
+    "fpn without FiLM": {"mask_head": {"name": "fpn", "dim": 16, "query_dim": 32, "film": False}},
+    "mask2former + compressor": {
+        "mask_head": {"name": "mask2former", "hidden_dim": 32, "mask_dim": 32, "dec_layers": 2,
+                      "enc_layers": 1, "dim_feedforward": 64, "enc_dim_feedforward": 64, "heads": 4},
+        "compressor": {"name": "avg_pool", "ratio": 4},
+        "llm": dict(TINY_LLM, template="<image> <question>[SEG]"),
+    },
+}
+
+
+@pytest.mark.parametrize("variant", list(SHARING_VARIANTS))
+def test_identical_images_run_the_image_only_slots_once_with_the_same_outputs_and_gradients(variant):
+    model = tiny_model(**SHARING_VARIANTS[variant]).eval()
+    calls = {"encoder": [], "pixels": [], "compressor": []}
+    model.encoder.register_forward_hook(lambda module, args, out: calls["encoder"].append(args[0].shape[0]))
+    pixel_features = model.mask_head.pixel_features
+    model.mask_head.pixel_features = lambda f: calls["pixels"].append(f[0].shape[0]) or pixel_features(f)
+    if model.compressor is not None:
+        model.compressor.register_forward_hook(lambda module, args, out: calls["compressor"].append(args[0].shape[0]))
     a, b = torch.rand(2, 3, 64, 64).unbind(0)
     images = torch.stack([b, a, b, b, a])
     questions = ["where is water?", "which roads?", "where are roofs?", "which roads?", "where is water?"]
     out = model(images, questions)
-    assert calls == [2]  # two distinct images
+    assert calls["encoder"] == [2] and calls["pixels"] == [2]  # two distinct images
+    assert calls["compressor"] == ([2] if model.compressor is not None else [])
     out.mask_logits.square().sum().backward()
     shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     separate = torch.cat([model(img[None], [q]).mask_logits for img, q in zip(images, questions)])
-    torch.testing.assert_close(out.mask_logits, separate, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.mask_logits, separate, rtol=1e-4, atol=1e-5)
     separate.square().sum().backward()
     for name, grad in shared.items():  # equal up to summation order
         reference = model.get_parameter(name).grad
-        assert (grad - reference).norm() <= 1e-4 * reference.norm() + 1e-7, name
+        # + 1e-5: a bias right before a normalisation has an analytically zero gradient, here rounding noise
+        assert (grad - reference).norm() <= 1e-4 * reference.norm() + 1e-5, name

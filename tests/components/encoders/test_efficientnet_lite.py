@@ -99,3 +99,21 @@ def test_missing_package_names_the_pip_package() -> None:
 def test_unknown_variant_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"variant: 3 is not one of \[0, 1, 2\]"):
         EfficientNetLite(variant=3, pretrained=False)
+
+
+def test_channels_last_changes_memory_order_not_values() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 64, 64)
+    outputs, grads = [], []
+    for channels_last in (False, True):
+        torch.manual_seed(1)
+        # eval: batch-norm of 2 images at 2x2 (the stride-32 level) would amplify rounding differences
+        encoder = EfficientNetLite(variant=0, pretrained=False, channels_last=channels_last).eval()
+        features = encoder(images)
+        sum(f.square().mean() for f in features).backward()
+        outputs.append(features)
+        grads.append(encoder.body.conv_stem.weight.grad)
+    assert outputs[1][0].is_contiguous(memory_format=torch.channels_last)
+    for plain, nhwc in zip(*outputs, strict=True):
+        torch.testing.assert_close(nhwc, plain, atol=2e-4, rtol=1e-3)  # summation order differs
+    assert (grads[1] - grads[0]).norm() < 1e-4 * grads[0].norm()  # elementwise, tiny entries differ in relative terms

@@ -1,4 +1,4 @@
-"""fpn: FiLM conditioning by the query, the empty-mask prior at init, deep-supervision outputs."""
+"""fpn: FiLM conditioning by the query (or none), the empty-mask prior at init, deep-supervision outputs."""
 
 from __future__ import annotations
 
@@ -44,3 +44,20 @@ def test_aux_predictions_come_from_each_coarser_level() -> None:
     assert out.masks.shape == (2, 3, 24, 24)
     assert len(out.aux) == len(CHANNELS) - 1 and all(a.shape == out.masks.shape for a in out.aux)
     assert not any(torch.allclose(a, out.masks) for a in out.aux)
+
+
+def test_without_film_the_pixel_features_ignore_the_question() -> None:
+    torch.manual_seed(0)
+    mask_head = FPNMaskHead(in_channels=CHANNELS, strides=STRIDES, query_dim=16, dim=16, film=False)
+    maps = features()
+    assert mask_head.film is None
+    queries = torch.randn(2, 2, 16)
+    with torch.no_grad():
+        pixels = mask_head.pixel_features(maps)
+        assert [p.shape[-1] for p in pixels] == [2, 4, 8, 16]  # coarsest first, every level smoothed
+        out = mask_head(maps, queries)
+        torch.testing.assert_close(out.masks, mask_head.decode(pixels, queries).masks)
+        # the question enters only through the dot product: each query's mask ignores the other query
+        other = queries.clone()
+        other[:, 1] = torch.randn(2, 16)
+        torch.testing.assert_close(mask_head(maps, other).masks[:, 0], out.masks[:, 0])

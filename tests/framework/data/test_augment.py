@@ -248,6 +248,28 @@ def test_a_zoom_that_would_crop_the_whole_target_keeps_the_sample():
     assert out_mask[:3, -3:].any() and not out_mask[:, :W // 2].any()
 
 
+def test_without_keep_target_a_zoom_may_crop_the_target_away():
+    mask = np.zeros((H, W), dtype=bool)
+    mask[:3, :3] = True
+    _, out_mask, _, _ = QuestionAwareAugment(scale=[2.0, 2.0], keep_target=False)(painted(mask), mask, NEUTRAL, "", 0)
+    assert out_mask.shape == mask.shape and not out_mask.any()
+
+
+def test_translate_moves_the_view_and_the_mask_with_it():
+    mask = np.zeros((H, W), dtype=bool)
+    mask[15:21, 20:30] = True
+    augment = QuestionAwareAugment(translate=0.2)
+    centres = set()
+    for seed in SEEDS:
+        out_image, out_mask, q, _ = augment(painted(mask), mask, NEUTRAL, "", seed)
+        assert q == NEUTRAL and out_mask.sum() > 0
+        rows, cols = np.nonzero(out_mask)
+        red_rows, red_cols = np.nonzero(out_image[..., 0] > 127)  # the image moved with the mask
+        assert abs(red_rows.mean() - rows.mean()) < 1 and abs(red_cols.mean() - cols.mean()) < 1
+        centres.add((round(rows.mean()), round(cols.mean())))
+    assert len(centres) > 6  # shifted differently per seed
+
+
 def test_equal_seeds_give_equal_samples():
     mask = l_shape()
     augment = QuestionAwareAugment(hflip=0.5, vflip=0.5, rot90=0.5, color=0.5, scale=[0.8, 1.2])
@@ -269,6 +291,8 @@ def test_equal_seeds_give_equal_samples():
         ({"scale": [0, 1]}, r"data\.augment\.scale"),
         ({"scale": [1.1]}, r"data\.augment\.scale"),
         ({"directional": "drop"}, r"data\.augment\.directional: expected one of rewrite, skip"),
+        ({"translate": 1.0}, r"data\.augment\.translate: expected a fraction in \[0, 1\)"),
+        ({"keep_target": "yes"}, r"data\.augment\.keep_target: expected true or false"),
         ([0.5], r"data\.augment: expected a mapping"),
     ],
 )

@@ -90,3 +90,23 @@ def test_batch_size_must_divide_by_questions_per_image(tmp_path):
     assert len({img.numpy().tobytes() for img in batch["image"]}) == 2
     with pytest.raises(ConfigError, match="must be a positive divisor of data.batch_size"):
         ReasoningDataModule({**cfg, "questions_per_image": 4}).train_dataloader()
+
+
+def test_a_visit_asks_about_different_concepts_before_repeating_one(tmp_path):
+    samples = image_with_masks(tmp_path, "a", 6)
+    # three concepts, two phrasings each
+    samples = [Sample(s.stem, s.image, s.mask, s.question, "", True, f"c{k % 3}") for k, s in enumerate(samples)]
+    groups = ImageGroups(Listed(samples), k=3)
+    torch.manual_seed(0)
+    for _ in range(10):
+        assert sorted(item["concept"] for item in groups[0]) == ["c0", "c1", "c2"]
+
+
+def test_consecutive_samples_of_one_image_decode_it_once(tmp_path):
+    a, b = image_with_masks(tmp_path, "a", 2), image_with_masks(tmp_path, "bb", 1)
+    ds = Listed(a + b)
+    first = ds._read_image(a[0].image)
+    assert ds._read_image(a[1].image) is first  # another symlink to the same file: not decoded again
+    assert not first.flags.writeable  # shared between samples: nothing may change it in place
+    assert ds._read_image(b[0].image) is not first
+    torch.testing.assert_close(ds[1]["image"], Listed(a)[1]["image"], rtol=0, atol=0)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framework.data.samples import MaskFile, Sample, SampleDataset
+from framework.data.augment import QuestionAwareAugment
+from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset
 from framework.errors import ConfigError, DataError
 
 
@@ -61,3 +62,19 @@ def test_no_samples_and_bad_settings(tmp_path):
         Listed([sample(tmp_path, "a", 1)], questions="random")
     with pytest.raises(ConfigError, match="data.bands"):
         Listed([sample(tmp_path, "a", 1)], bands=[1, 2])
+
+
+def test_a_target_cropped_away_by_augmentation_makes_a_no_target_sample(tmp_path):
+    image, mask = tmp_path / "a.png", tmp_path / "a_m.png"
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(image)
+    label = np.zeros((16, 16), np.uint8)
+    label[:2, :2] = 255  # a corner target that a 4x zoom about the centre leaves outside the view
+    Image.fromarray(label).save(mask)
+    samples = [Sample("a", image, MaskFile(mask), "Where is the corner?", "The top-left corner.", True, "")]
+    ds = Listed(samples)
+    ds.augment = QuestionAwareAugment(scale=[4.0, 4.0], keep_target=False)
+    item = ds.item(0, augment_seed=0)
+    assert not item["mask"].any() and item["answer"] == NO_TARGET_ANSWER
+    ds.augment = QuestionAwareAugment(scale=[4.0, 4.0])  # keep_target (default): the sample is left as it was
+    item = ds.item(0, augment_seed=0)
+    assert item["mask"].any() and item["answer"] == "The top-left corner."
