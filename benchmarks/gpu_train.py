@@ -119,6 +119,7 @@ def breakdown(task, optimizer, data: dict[str, Any], device: torch.device) -> di
     times: dict[str, float] = {}
     started: dict[str, float] = {}
     handles = []
+    patched: list[tuple[torch.nn.Module, str]] = []
     for slot, module in task.model.slots().items():
         def pre(_m, _i, slot=slot):
             sync(device)
@@ -129,6 +130,16 @@ def breakdown(task, optimizer, data: dict[str, Any], device: torch.device) -> di
             times[slot] = times.get(slot, 0.0) + 1000 * (time.perf_counter() - started[slot])
 
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+        # a split head is called through pixel_features + decode (once per distinct image, then per row), not forward
+        for part in ("pixel_features", "decode") if hasattr(module, "pixel_features") else ():
+            def timed_part(*args, _fn=getattr(module, part), _slot=slot):
+                pre(None, None, slot=_slot)
+                out = _fn(*args)
+                post(None, None, None, slot=_slot)
+                return out
+
+            setattr(module, part, timed_part)
+            patched.append((module, part))
     try:
         sync(device)
         t0 = time.perf_counter()
@@ -150,6 +161,8 @@ def breakdown(task, optimizer, data: dict[str, Any], device: torch.device) -> di
     finally:
         for handle in handles:
             handle.remove()
+        for module, part in patched:
+            delattr(module, part)  # the class's method again
     parts = {slot: round(times.get(slot, 0.0), 2) for slot in SLOTS}
     parts["forward (other)"] = round(1000 * (t1 - t0) - sum(parts.values()), 2)
     parts.update(loss=round(1000 * (t2 - t1), 2), backward=round(1000 * (t3 - t2), 2), optimizer=round(1000 * (t4 - t3), 2))

@@ -81,13 +81,23 @@ def postprocess(mask_logits: torch.Tensor, frame: int, native: tuple[int, int], 
     return framed, unletterbox(mask_logits, [box] * mask_logits.shape[0], [native] * mask_logits.shape[0], frame)
 
 
+def head_stages(head) -> tuple[str, str]:
+    """Stage names of a split head's ``pixel_features`` and ``decode``: Mask2Former's own, else generic."""
+    from components.mask_heads.mask2former import Mask2FormerHead
+
+    if isinstance(head, Mask2FormerHead):
+        return "pixel decoder", "transformer decoder"
+    return "mask head: image part", "mask head: question part"
+
+
 def staged_forward(
     model: SegEarthModel, images: torch.Tensor, questions: list[str], measure: Measure,
     native: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``model(images, questions)`` one stage at a time, each run through ``measure(stage, fn)``; returns the
     mask logits [B,H/4,W/4] (equal to ``model(...).mask_logits``). Stages: encoder, compressor, llm, projector,
-    then pixel decoder + transformer decoder (Mask2Former) or mask head (others), then post-processing."""
+    then the head's two parts (``head_stages``) when it splits into ``pixel_features`` + ``decode``, else "mask head",
+    then post-processing."""
     frame = images.shape[-1]
     features = measure("encoder", lambda: model.encode(images))
     tokens = None
@@ -97,8 +107,9 @@ def staged_forward(
     queries = measure("projector", lambda: model.projector(llm_out, features))
     head = model.mask_head
     if hasattr(head, "pixel_features"):
-        pixels = measure("pixel decoder", lambda: head.pixel_features(features))
-        head_out = measure("transformer decoder", lambda: head.decode(pixels, queries))
+        image_part, question_part = head_stages(head)
+        pixels = measure(image_part, lambda: head.pixel_features(features))
+        head_out = measure(question_part, lambda: head.decode(pixels, queries))
     else:
         head_out = measure("mask head", lambda: head(features, queries))
     logits = head_out.masks.amax(dim=1) if head_out.masks.shape[1] > 1 else head_out.masks[:, 0]

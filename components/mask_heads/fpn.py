@@ -67,9 +67,8 @@ class FPNMaskHead(MaskHead):
 
     def pixel_features(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per level, coarsest first, [B,dim,h_i,w_i]: the lateral projections (``film``) or the FPN's outputs."""
-        if self.film is not None:
-            return [self.lateral[i](features[i]) for i in reversed(range(len(features)))]
-        return self._top_down([self.lateral[i](features[i]) for i in reversed(range(len(features)))], None)
+        laterals = [self.lateral[i](features[i]) for i in reversed(range(len(features)))]
+        return laterals if self.film is not None else self._top_down(laterals, None)
 
     def decode(self, pixels: list[torch.Tensor], queries: torch.Tensor) -> MaskHeadOutput:
         """Masks from ``pixel_features``' output and the queries [B,Q,query_dim]."""

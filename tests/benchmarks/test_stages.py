@@ -38,6 +38,6 @@ def test_stages_reproduce_the_forward(model_cfg: dict) -> None:
         expected = model(images, questions).mask_logits
     torch.testing.assert_close(staged, expected)
     mask2former = model_cfg["mask_head"]["name"] == "mask2former"
-    head = ["pixel decoder", "transformer decoder"] if mask2former else ["mask head"]
+    head = ["pixel decoder", "transformer decoder"] if mask2former else ["mask head: image part", "mask head: question part"]
     assert seen == ["encoder", *(["compressor"] if model.compressor else []), "llm prefill", "projector", *head,
                     "post-processing"]
