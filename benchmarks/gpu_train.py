@@ -107,7 +107,7 @@ def step(task, optimizer, data: dict[str, Any], device: torch.device) -> float:
     with autocast(device):
         answers = data["answer"] if task.config["loss"]["lm_weight"] > 0 else None
         out = task.model(data["image"], data["question"], answers)
-        loss = task._loss(out, data["mask"], task.config["loss"]["point_sample"], data["image"])["loss"]
+        loss = task._loss(out, data["mask"], point_sampled=task.config["loss"]["point_sample"])["loss"]
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -148,7 +148,7 @@ def breakdown(task, optimizer, data: dict[str, Any], device: torch.device) -> di
             out = task.model(data["image"], data["question"], answers)
             sync(device)
             t1 = time.perf_counter()
-            loss = task._loss(out, data["mask"], task.config["loss"]["point_sample"], data["image"])["loss"]
+            loss = task._loss(out, data["mask"], point_sampled=task.config["loss"]["point_sample"])["loss"]
         sync(device)
         t2 = time.perf_counter()
         loss.backward()
@@ -182,7 +182,7 @@ def step_flops(task, data: dict[str, Any], device: torch.device) -> int:
         with autocast(device):
             answers = data["answer"] if task.config["loss"]["lm_weight"] > 0 else None
             out = task.model(data["image"], data["question"], answers)
-            loss = task._loss(out, data["mask"], task.config["loss"]["point_sample"], data["image"])["loss"]
+            loss = task._loss(out, data["mask"], point_sampled=task.config["loss"]["point_sample"])["loss"]
         loss.backward()
     task.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())

@@ -38,7 +38,7 @@ def step_cost(task: SegEarthTask, size: int, batch: int, repeat: int) -> dict[st
 
     def step() -> None:
         out = task.model(images, questions, answers if loss_cfg["lm_weight"] > 0 else None)
-        task._loss(out, masks, loss_cfg["point_sample"], images)["loss"].backward()
+        task._loss(out, masks, point_sampled=loss_cfg["point_sample"])["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -78,7 +78,7 @@ def presence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def competition_loss(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """Per-pixel cross-entropy between the questions asked of one image: logits [B,h,w], targets [B,H,W] (H,W
-    multiples of h,w), ``groups`` [B] (equal ids = the same image; ``distinct_rows``' inverse).
+    multiples of h,w), ``groups`` [B] (equal ids = the same image: ``ModelOutput.image_index``).
 
     Within a group of k ≥ 2 questions each pixel is a (k+1)-way softmax over the k questions' logits and a fixed
     background logit 0 (the sigmoid's decision boundary: a question claims a pixel when its logit beats 0 and the

@@ -94,13 +94,15 @@ def freeze(module: nn.Module) -> None:
 @dataclass
 class ModelOutput:
     """``mask_logits`` [B,H/s,W/s] (the answer mask; Q>1 queries are combined by max = union),
-    ``aux_logits``: deep-supervision predictions of the same shape, ``lm_loss`` or None, ``output_stride`` s."""
+    ``aux_logits``: deep-supervision predictions of the same shape, ``lm_loss`` or None, ``output_stride`` s,
+    ``image_index`` [B]: rows with equal values were asked of the same image (None: every row its own image)."""
 
     mask_logits: torch.Tensor
     aux_logits: list[torch.Tensor] = field(default_factory=list)
     lm_loss: torch.Tensor | None = None
     output_stride: int = 4
     llm: LLMOutput | None = None
+    image_index: torch.Tensor | None = None
 
 
 class SegEarthModel(nn.Module):
@@ -267,6 +269,7 @@ class SegEarthModel(nn.Module):
             lm_loss=llm_out.lm_loss,
             output_stride=self.mask_head.output_stride,
             llm=llm_out,
+            image_index=inverse,
         )
 
 

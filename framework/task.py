@@ -19,7 +19,7 @@ from torch import nn
 from framework.data.transforms import box_mask
 from framework.losses import competition_loss, mask_loss, presence_loss
 from framework.metrics import ReasoningSegMetrics
-from framework.model import ModelOutput, SegEarthModel, distinct_rows, upsample_logits
+from framework.model import ModelOutput, SegEarthModel, upsample_logits
 from framework.postprocess import unletterbox
 from framework.training import drop_gradients, guard_loss
 
@@ -54,10 +54,7 @@ class SegEarthTask(L.LightningModule):
         self.skip_update = False
 
     # ---------------------------------------------------------------- losses
-    def _loss(
-        self, out: ModelOutput, targets: torch.Tensor, point_sampled: bool, images: torch.Tensor | None = None
-    ) -> dict[str, torch.Tensor]:
-        """The weighted loss terms; ``images`` (the batch's) tell the competition term which rows share an image."""
+    def _loss(self, out: ModelOutput, targets: torch.Tensor, point_sampled: bool) -> dict[str, torch.Tensor]:
         lc = self.config["loss"]
         predictions = [out.mask_logits] + (out.aux_logits if lc["deep_supervision"] else [])
         bce = dice = 0.0
@@ -77,9 +74,11 @@ class SegEarthTask(L.LightningModule):
             terms["presence"] = presence_loss(out.mask_logits, targets)
             loss = loss + lc["presence_weight"] * terms["presence"]
         if lc["competition_weight"]:
-            if images is None:
-                raise ValueError("loss.competition_weight needs the batch's images to group its questions")
-            terms["competition"] = competition_loss(out.mask_logits, targets, distinct_rows(images)[1])
+            # the model's own grouping of rows by image (no second torch.unique over the pixels)
+            groups = out.image_index
+            if groups is None:  # every row its own image: no competitor for any question
+                groups = torch.arange(len(targets), device=targets.device)
+            terms["competition"] = competition_loss(out.mask_logits, targets, groups)
             loss = loss + lc["competition_weight"] * terms["competition"]
         if out.lm_loss is not None:
             terms["lm"] = out.lm_loss
@@ -90,7 +89,7 @@ class SegEarthTask(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         answers = batch["answer"] if self.config["loss"]["lm_weight"] > 0 else None
         out = self.model(batch["image"], batch["question"], answers)
-        terms = self._loss(out, batch["mask"], self.config["loss"]["point_sample"], batch["image"])
+        terms = self._loss(out, batch["mask"], point_sampled=self.config["loss"]["point_sample"])
         bs = batch["image"].shape[0]
         loss = guard_loss(self, terms["loss"], batch)  # stops, or skips the step, on a NaN/inf loss
         if self.skip_update:
@@ -163,7 +162,7 @@ class SegEarthTask(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._evaluate(batch, "val")
-        terms = self._loss(out, batch["mask"], False, batch["image"])  # full-mask: deterministic val loss
+        terms = self._loss(out, batch["mask"], point_sampled=False)  # full-mask: deterministic val loss
         self.log("val/loss", terms["loss"], batch_size=batch["image"].shape[0], on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:

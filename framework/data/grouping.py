@@ -43,7 +43,8 @@ class ImageGroups(Dataset):
         return len(self.visits)
 
     def __getitem__(self, index: int) -> list[dict]:
-        members = [self.images[self.visits[index]][j] for j in torch.randperm(len(self.images[self.visits[index]]))]
+        image = self.images[self.visits[index]]
+        members = [image[j] for j in torch.randperm(len(image))]
         # spread over the image's concepts first (one per concept, then a second one, ...), so that k questions
         # of a five-class image ask five different things rather than repeat phrasings of one
         seen: dict[str, int] = defaultdict(int)

@@ -94,6 +94,7 @@ def test_identical_images_run_the_image_only_slots_once_with_the_same_outputs_an
     questions = ["where is water?", "which roads?", "where are roofs?", "which roads?", "where is water?"]
     out = model(images, questions)
     assert calls["encoder"] == [2] and calls["pixels"] == [2]  # two distinct images
+    assert out.image_index.tolist() == [0, 1, 0, 0, 1]  # rows grouped by image, for the competition loss
     assert calls["compressor"] == ([2] if model.compressor is not None else [])
     out.mask_logits.square().sum().backward()
     shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

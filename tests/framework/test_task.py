@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from framework import losses
 from framework.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
@@ -163,3 +164,21 @@ def test_native_off_still_keeps_the_overlay_predictions(nonsquare_root, tmp_path
 def _resolved(cfg):
     """The tiny config with the schema's defaults filled in, as the CLI would load it."""
     return load_config(write_config(Path(tempfile.mkdtemp()) / "c.yaml", cfg), validate_components=False)
+
+
+def test_competition_term_groups_the_rows_the_model_saw_as_one_image(synth_root):
+    cfg = _resolved(tiny_config(data={"root": str(synth_root)}))
+    cfg["loss"]["competition_weight"] = 1.0
+    task = SegEarthTask(cfg)
+    a, b = torch.rand(2, 3, 64, 64).unbind(0)
+    masks = torch.zeros(4, 64, 64)
+    masks[0, :32], masks[1, 32:], masks[2, :, :32] = 1, 1, 1
+    out = task.model(torch.stack([a, a, b, b]), ["water?", "roads?", "water?", "fields?"])
+    terms = task._loss(out, masks, point_sampled=False)
+    expected = torch.stack([
+        losses.competition_loss(out.mask_logits[:2], masks[:2], torch.zeros(2, dtype=torch.long)),
+        losses.competition_loss(out.mask_logits[2:], masks[2:], torch.zeros(2, dtype=torch.long)),
+    ]).mean()
+    torch.testing.assert_close(terms["competition"], expected)
+    base = terms["loss"] - terms["competition"]
+    torch.testing.assert_close(base, 5.0 * terms["mask_bce"] + 5.0 * terms["mask_dice"])
