@@ -101,6 +101,7 @@ class TrackingSchema:
 @dataclass
 class EvalSchema:
     threshold: float = 0.0  # logit threshold (0 = sigmoid 0.5, as the reference)
+    tta: str = "none"  # val/test: "none" | "flips" (4 views) | "dihedral" (8): mean logits (framework/tta.py)
     shuffled_control: bool = True
     shuffle_seed: int = 0
     native: bool = True  # also score each image at its native resolution (logits cut out of the letterbox, resized)
@@ -115,6 +116,7 @@ class PredictSchema:
     tile_size: Optional[int] = None  # tile side in native pixels; None = data.image_size (training frame size)
     overlap: float = 0.25  # fraction of the tile shared with each neighbour; logits are blended there
     tile_batch: int = 4  # tiles encoded at once: bounds memory together with the scene-sized output
+    tta: str = "none"  # "none" | "flips" | "dihedral": each tile seen in 4 or 8 views, mean logits (framework/tta.py)
 
 
 @dataclass
@@ -238,6 +240,11 @@ def _check_choices(path: Path, cfg: dict) -> None:
     for key in ("train_questions", "eval_questions"):
         if cfg["data"][key] not in ("all", "first"):
             raise ConfigError(f"{path}: data.{key} must be 'all' or 'first', got {cfg['data'][key]!r}")
+    from framework.tta import TTA_MODES
+
+    for section in ("eval", "predict"):
+        if cfg[section]["tta"] not in TTA_MODES:
+            raise ConfigError(f"{path}: {section}.tta must be one of {', '.join(TTA_MODES)}, got {cfg[section]['tta']!r}")
     from framework.data.augment import augment_from_config
 
     try:

@@ -9,7 +9,8 @@ Each image is cut into tiles (``predict`` config section: ``tiling``, ``tile_siz
 one tile = the whole image when it is small enough or ``tiling: never``); each tile is letterboxed to the training
 frame exactly as in training, its logits are resampled back onto the tile's native pixels and blended where tiles
 overlap (``framework.tiling``). The encoder runs once per tile, whatever the number of questions asked of the
-image; the questions then run in batches over the cached features.
+image; the questions then run in batches over the cached features. ``predict.tta`` (``flips``, ``dihedral``) sees
+each tile in 4 or 8 views and averages their logits (``framework.tta``): that many encoder passes per tile.
 
 The LLM component (``hf_causal_lm``) returns a description embedding and generates no text, so ``answer`` is None.
 """
@@ -33,6 +34,7 @@ from framework.errors import ConfigError, DataError, UserError
 from framework.geo import GeoReference, is_tiff, read_geotiff
 from framework.postprocess import resample_to_original
 from framework.tiling import TileBlender
+from framework.tta import TTA_MODES, ViewAverage, questions_in_view, to_view, tta_views
 
 TILING_MODES = ("auto", "always", "never")
 ImageSource = str | Path | np.ndarray | Image.Image
@@ -97,6 +99,8 @@ def predict_options(cfg: dict, **overrides: Any) -> dict[str, Any]:
         raise ConfigError(f"predict.overlap: a fraction of the tile in [0, 1), got {options['overlap']}")
     if options["tile_batch"] < 1:
         raise ConfigError(f"predict.tile_batch: must be >= 1, got {options['tile_batch']}")
+    if options["tta"] not in TTA_MODES:
+        raise ConfigError(f"predict.tta: expected one of {', '.join(TTA_MODES)}, got {options['tta']!r}")
     return options
 
 
@@ -257,15 +261,20 @@ class Predictor:
             frames.append(frame)
             boxes.append(box)
             sizes.append((tile.height, tile.width))
-        features = self.model.encode(torch.stack(frames).to(self.device))
+        batch = torch.stack(frames).to(self.device)
         pairs = [(row, q) for row, (g, _) in enumerate(pending) for q in range(len(groups[g][1]))]
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start : start + self.batch_size]
-            rows = torch.tensor([row for row, _ in chunk], device=self.device)
-            questions = [groups[pending[row][0]][1][q][1] for row, q in chunk]
-            out = self.model(None, questions, features=[f[rows] for f in features])
+        chunks = [pairs[start : start + self.batch_size] for start in range(0, len(pairs), self.batch_size)]
+        means = [ViewAverage() for _ in chunks]
+        for view in tta_views(self.options["tta"]):
+            features = self.model.encode(to_view(batch, view))
+            for chunk, mean in zip(chunks, means, strict=True):
+                rows = torch.tensor([row for row, _ in chunk], device=self.device)
+                asked, valid = questions_in_view([groups[pending[row][0]][1][q][1] for row, q in chunk], view)
+                out = self.model(None, asked, features=[f[rows] for f in features])
+                mean.add(out.mask_logits, view, valid)
+        for chunk, mean in zip(chunks, means, strict=True):
             logits = resample_to_original(
-                out.mask_logits, [boxes[row] for row, _ in chunk], [sizes[row] for row, _ in chunk], self.image_size
+                mean.result(), [boxes[row] for row, _ in chunk], [sizes[row] for row, _ in chunk], self.image_size
             )
             for (row, q), tile_logits in zip(chunk, logits, strict=True):
                 g, t = pending[row]
@@ -304,7 +313,7 @@ class Predictor:
 def load_model(source: str | Path, device: str = "cpu", tracking_uri: str | None = None, **options: Any) -> Predictor:
     """A ``Predictor`` from a bundle folder, ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``, a run folder
     (``checkpoints/best.ckpt``) or a ``.ckpt`` file. ``options``: ``batch_size`` and ``predict`` settings
-    (``tiling``, ``tile_size``, ``overlap``, ``tile_batch``) overriding the model's config."""
+    (``tiling``, ``tile_size``, ``overlap``, ``tile_batch``, ``tta``) overriding the model's config."""
     from framework.bundle import checkpoint_config, load_checkpoint_model, resolve_bundle
 
     ref = str(source)

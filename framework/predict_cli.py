@@ -122,7 +122,7 @@ def run_predict(args: argparse.Namespace) -> Path:
     pairs = read_inputs(args)
     model = load_model(
         args.model, device=args.device, tracking_uri=args.uri, batch_size=args.batch_size, tiling=args.tiling,
-        tile_size=args.tile_size, overlap=args.overlap, tile_batch=args.tile_batch,
+        tile_size=args.tile_size, overlap=args.overlap, tile_batch=args.tile_batch, tta=args.tta,
     )
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -169,6 +169,8 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-size", type=int, help="tile side in native pixels (default: predict.tile_size)")
     p.add_argument("--overlap", type=float, help="fraction of a tile shared with its neighbours (default 0.25)")
     p.add_argument("--tile-batch", type=int, help="tiles encoded at once (bounds memory)")
+    p.add_argument("--tta", choices=("none", "flips", "dihedral"), help="test-time augmentation: mean logits of 4 or 8 "
+                   "flipped/turned views (default: predict.tta)")
     p.add_argument("--batch-size", type=int, default=8, help="(tile, question) pairs per forward pass")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--uri", help="tracking URI for models:/ (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")

@@ -22,6 +22,7 @@ from framework.metrics import ReasoningSegMetrics
 from framework.model import ModelOutput, SegEarthModel, upsample_logits
 from framework.postprocess import unletterbox
 from framework.training import drop_gradients, guard_loss
+from framework.tta import averaged_output
 
 
 def _fingerprint(module: nn.Module) -> list[float]:
@@ -109,7 +110,7 @@ class SegEarthTask(L.LightningModule):
     def _evaluate(self, batch: dict, stage: str) -> ModelOutput:
         """Model output for a batch; updates the letterboxed-frame metric of ``stage`` and, with ``eval.native``,
         the native-resolution one; keeps the native predictions of the samples wanted for overlays."""
-        out = self.model(batch["image"], batch["question"])
+        out = averaged_output(self.model, batch["image"], batch["question"], self.config["eval"]["tta"])
         size = tuple(batch["image"].shape[-2:])
         threshold = self.config["eval"]["threshold"]
         pred = upsample_logits(out.mask_logits, size) > threshold

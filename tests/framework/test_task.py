@@ -17,6 +17,7 @@ from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
 from framework.postprocess import unletterbox
 from framework.task import SegEarthTask
+from framework.tta import averaged_output
 from tests.tiny import tiny_config, write_config
 
 
@@ -122,8 +123,10 @@ def evaluation_task(root, **eval_cfg):
     return task, data
 
 
-def test_native_metrics_score_the_original_pixels(nonsquare_root, tmp_path):
-    task, data = evaluation_task(nonsquare_root)
+@pytest.mark.parametrize("tta", ["none", "flips"])
+def test_native_metrics_score_the_original_pixels(nonsquare_root, tmp_path, tta):
+    """Per sample, the counts of the mask cut out of the letterbox; with ``eval.tta`` of the mean view logits."""
+    task, data = evaluation_task(nonsquare_root, tta=tta)
     trainer = L.Trainer(default_root_dir=tmp_path, logger=False, **task.config["trainer"])
     trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)
     metrics, rows = task.results["test"]["metrics"], task.results["test"]["samples"]
@@ -136,7 +139,7 @@ def test_native_metrics_score_the_original_pixels(nonsquare_root, tmp_path):
     ious = []
     with torch.no_grad():
         for batch in data.test_dataloader():
-            logits = task.model(batch["image"], batch["question"]).mask_logits
+            logits = averaged_output(task.model, batch["image"], batch["question"], tta).mask_logits
             for k, i in enumerate(batch["id"].tolist()):
                 truth = torch.from_numpy(np.asarray(Image.open(labels / f"{batch['stem'][k]}.png")) > 0)
                 assert truth.shape == NATIVE_SHAPE
