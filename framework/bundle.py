@@ -52,7 +52,9 @@ def checkpoint_config(ckpt_path: Path) -> dict:
     config = checkpoint.get("hyper_parameters", {}).get("config")
     if not isinstance(config, dict):
         raise UserError(f"{ckpt_path}: not a segearth checkpoint (no experiment config inside)")
-    return config
+    from framework.config import with_defaults
+
+    return with_defaults(config)
 
 
 def _read_checkpoint(ckpt_path: Path) -> dict:

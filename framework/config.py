@@ -62,6 +62,9 @@ class OptimSchema:
     slot_lr_scale: dict[str, float] = field(default_factory=dict)
     # A NaN/inf training loss: "stop" (error naming step, sample ids, last good checkpoint) or "skip" the step.
     on_nonfinite: str = "stop"
+    # Exponential moving average of the trained weights, updated after every optimiser step (0 = off). Validation,
+    # checkpoints' state_dict (so `segearth test`, predict and export) and the model after fit use the average.
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -232,9 +235,22 @@ def load_config(path: str | Path, overrides: list[str] | None = None, validate_c
     return resolved
 
 
+def with_defaults(cfg: dict) -> dict:
+    """A resolved config saved by an earlier version (a checkpoint's), with the keys added since at their
+    defaults (e.g. ``optim.ema_decay``: 0, as trained)."""
+    try:
+        resolved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ExperimentSchema), cfg), resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"saved config: {_omegaconf_message(exc)}") from None
+    assert isinstance(resolved, dict)
+    return resolved
+
+
 def _check_choices(path: Path, cfg: dict) -> None:
     if cfg["optim"]["on_nonfinite"] not in ("stop", "skip"):
         raise ConfigError(f"{path}: optim.on_nonfinite must be 'stop' or 'skip', got {cfg['optim']['on_nonfinite']!r}")
+    if not 0 <= cfg["optim"]["ema_decay"] < 1:
+        raise ConfigError(f"{path}: optim.ema_decay must be in [0, 1) (0 = off), got {cfg['optim']['ema_decay']}")
     if cfg["checkpoint"]["every_n_steps"] < 0:
         raise ConfigError(f"{path}: checkpoint.every_n_steps must be >= 0, got {cfg['checkpoint']['every_n_steps']}")
     for key in ("train_questions", "eval_questions"):

@@ -23,6 +23,7 @@ from framework.model import ModelOutput, SegEarthModel, upsample_logits
 from framework.postprocess import unletterbox
 from framework.training import drop_gradients, guard_loss
 from framework.tta import averaged_output
+from framework.weight_average import WeightAverage
 
 
 def _fingerprint(module: nn.Module) -> list[float]:
@@ -53,6 +54,7 @@ class SegEarthTask(L.LightningModule):
         self._overlay_ids: range = range(0)
         self.skipped_steps = 0  # optimiser steps left out for a non-finite loss (optim.on_nonfinite: skip)
         self.skip_update = False
+        self.ema = WeightAverage(config["optim"]["ema_decay"]) if config["optim"]["ema_decay"] else None
 
     # ---------------------------------------------------------------- losses
     def _loss(self, out: ModelOutput, targets: torch.Tensor, point_sampled: bool) -> dict[str, torch.Tensor]:
@@ -101,6 +103,21 @@ class SegEarthTask(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         drop_gradients(self, optimizer)  # a skipped step leaves parameters and optimiser state untouched
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # here, not in on_train_batch_end: a step checkpoint (saved by a callback's on_train_batch_end) then holds
+        # the average of this step too, so a resumed run continues it exactly
+        if self.ema is not None:
+            self.ema.update(self.trainer.global_step)
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.start(self.model)
+
+    def on_fit_end(self) -> None:
+        if self.ema is not None:
+            self.ema.copy_to_model()  # what fit leaves in memory is what its checkpoints hold
 
     # ---------------------------------------------------------------- evaluation
     @property
@@ -167,6 +184,8 @@ class SegEarthTask(L.LightningModule):
         self.log("val/loss", terms["loss"], batch_size=batch["image"].shape[0], on_epoch=True, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
+        if self.ema is not None and self.ema.started:
+            self.ema.swap()  # validate the average; on_validation_epoch_end swaps back
         self._kept = {}
         self._overlay_ids = range(self.val_overlays)
 
@@ -176,6 +195,8 @@ class SegEarthTask(L.LightningModule):
         values, _ = self._compute("val")
         self.results["val"] = values
         self._log_metrics("val", values)
+        if self.ema is not None and self.ema.started:
+            self.ema.swap()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "test")
@@ -243,6 +264,9 @@ class SegEarthTask(L.LightningModule):
             for key in [k for k in state if k.startswith(prefix)]:
                 del state[key]
             checkpoint["frozen_slots"][slot] = _fingerprint(getattr(self.model, slot))
+        if self.ema is not None and self.ema.started:
+            # state_dict: the average (what test, predict and export load); the training weights kept to resume
+            checkpoint["ema_training_weights"] = self.ema.exchange(state, prefix="model.")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
@@ -255,3 +279,6 @@ class SegEarthTask(L.LightningModule):
                 )
             for key, value in module.state_dict().items():
                 state[f"model.{slot}.{key}"] = value
+        if self.ema is not None:
+            # resuming fit: on_fit_start takes these as the weights to train on, the loaded ones as the average
+            self.ema.resume_from(checkpoint.get("ema_training_weights"))

@@ -1,7 +1,7 @@
 """Exact resume: a ``segearth fit`` killed with SIGKILL mid-epoch and continued with ``--resume last`` ends with the
 same weights and validation metrics as an uninterrupted run (deterministic CPU run with random draws in the data
-augmentation and the loss's point sampling, and a frozen slot left out of the checkpoints); a checkpoint write
-killed part-way never leaves a corrupt ``last.ckpt``."""
+augmentation and the loss's point sampling, a frozen slot left out of the checkpoints, and a weight average); a
+checkpoint write killed part-way never leaves a corrupt ``last.ckpt``."""
 
 import json
 import os
@@ -39,6 +39,7 @@ def config(tmp_path_factory) -> Path:
     cfg["loss"] = {"point_sample": True, "num_points": 256}  # random points every step
     cfg["trainer"].update(max_epochs=EPOCHS, limit_train_batches=None, deterministic=True)
     cfg["checkpoint"] = {"every_n_steps": 1}
+    cfg["optim"]["ema_decay"] = 0.9  # the weight average resumes too: state_dict holds it, the training weights beside
     cfg["tracking"] = {"enabled": False}
     path = write_config(tmp / "tiny.yaml", cfg)
     assert len(ReasoningDataModule(load_config(path)["data"]).train_dataloader()) == STEPS_PER_EPOCH
@@ -87,6 +88,9 @@ def test_killed_run_resumes_to_the_same_result(config, tmp_path):
     assert final["state_dict"].keys() == straight["state_dict"].keys()
     for key, value in straight["state_dict"].items():
         assert torch.equal(final["state_dict"][key], value), key
+    assert final["ema_training_weights"].keys() == straight["ema_training_weights"].keys()
+    for key, value in straight["ema_training_weights"].items():
+        assert torch.equal(final["ema_training_weights"][key], value), key
     assert final_val == straight_val
     # the optimiser state continued too (its moments would differ after a fresh start mid-run)
     for a, b in zip(final["optimizer_states"][0]["state"].values(), straight["optimizer_states"][0]["state"].values()):
