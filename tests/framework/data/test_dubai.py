@@ -266,5 +266,7 @@ def test_experiment_is_the_demo_model_on_the_dubai_tiles_tested_on_tile_6():
 
     experiments = Path(__file__).resolve().parents[3] / "experiments"
     cfg = load_config(experiments / "dubai" / "dubai.yaml", validate_components=False)
-    assert cfg["model"] == load_config(experiments / "demo.yaml", validate_components=False)["model"]
+    demo = load_config(experiments / "demo.yaml", validate_components=False)["model"]
+    assert cfg["model"] == {**demo, "mask_head": {**demo["mask_head"], "film": False}}  # the same weights files
+    assert cfg["data"]["batch_size"] % cfg["data"]["questions_per_image"] == 0
     assert (cfg["data"]["root"], cfg["data"]["val_split"], cfg["data"]["test_split"]) == ("data/dubai", "val", "val")
