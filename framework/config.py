@@ -251,6 +251,10 @@ def _check_choices(path: Path, cfg: dict) -> None:
         raise ConfigError(f"{path}: optim.on_nonfinite must be 'stop' or 'skip', got {cfg['optim']['on_nonfinite']!r}")
     if not 0 <= cfg["optim"]["ema_decay"] < 1:
         raise ConfigError(f"{path}: optim.ema_decay must be in [0, 1) (0 = off), got {cfg['optim']['ema_decay']}")
+    strategy = cfg["trainer"].get("strategy")
+    if cfg["optim"]["ema_decay"] and isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed")):
+        # the average is kept per process over whole tensors; sharded or DeepSpeed-owned weights are neither
+        raise ConfigError(f"{path}: optim.ema_decay works with strategy auto, ddp or ddp_spawn, not {strategy}")
     if cfg["checkpoint"]["every_n_steps"] < 0:
         raise ConfigError(f"{path}: checkpoint.every_n_steps must be >= 0, got {cfg['checkpoint']['every_n_steps']}")
     for key in ("train_questions", "eval_questions"):

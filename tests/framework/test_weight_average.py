@@ -61,9 +61,13 @@ def test_frozen_slots_are_not_averaged():
     assert any(k.startswith("mask_head.") for k in ema.average)
 
 
-def test_bad_decay(tmp_path):
+def test_bad_decay_and_sharded_strategies(tmp_path):
     with pytest.raises(ConfigError, match=r"optim.ema_decay must be in \[0, 1\)"):
         load_config(write_config(tmp_path / "c.yaml", tiny_config(optim={"lr": 1e-3, "ema_decay": 1.0})))
+    cfg = tiny_config(optim={"lr": 1e-3, "ema_decay": 0.9})
+    cfg["trainer"]["strategy"] = "fsdp"
+    with pytest.raises(ConfigError, match="optim.ema_decay works with strategy auto, ddp or ddp_spawn, not fsdp"):
+        load_config(write_config(tmp_path / "c.yaml", cfg))
 
 
 class WeightsAfterEachStep(L.Callback):
