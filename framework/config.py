@@ -218,12 +218,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, validate_c
             close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{path}: unknown top-level key '{key}'{hint}; valid: {', '.join(TOP_LEVEL_KEYS)}")
-    try:
-        typed = OmegaConf.merge(OmegaConf.structured(ExperimentSchema), raw)
-        resolved = OmegaConf.to_container(typed, resolve=True)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{path}: {_omegaconf_message(exc)}") from None
-    assert isinstance(resolved, dict)
+    resolved = with_defaults(raw, source=str(path))
     _check_choices(path, resolved)
     if validate_components:
         from framework.model import check_model_config
@@ -235,13 +230,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None, validate_c
     return resolved
 
 
-def with_defaults(cfg: dict) -> dict:
-    """A resolved config saved by an earlier version (a checkpoint's), with the keys added since at their
-    defaults (e.g. ``optim.ema_decay``: 0, as trained)."""
+def with_defaults(cfg: dict | DictConfig, source: str = "saved config") -> dict:
+    """``cfg`` typed against the schema, every missing key at its default, interpolations resolved. Also how a
+    config saved by an earlier version (a checkpoint's) gets the keys added since (e.g. ``optim.ema_decay``: 0, as
+    trained). A type error is a ConfigError naming ``source``."""
     try:
         resolved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(ExperimentSchema), cfg), resolve=True)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"saved config: {_omegaconf_message(exc)}") from None
+        raise ConfigError(f"{source}: {_omegaconf_message(exc)}") from None
     assert isinstance(resolved, dict)
     return resolved
 

@@ -20,13 +20,19 @@ from framework.weight_average import WeightAverage
 from tests.tiny import tiny_config, write_config
 
 
-def test_update_follows_the_warmed_up_decay():
+def moved_after_start(decay: float, move) -> tuple[nn.Linear, WeightAverage, torch.Tensor]:
+    """A linear layer whose average started at its initial weight (returned), then the weight changed by ``move``."""
     model = nn.Linear(2, 1)
-    ema = WeightAverage(0.9)
+    ema = WeightAverage(decay)
     ema.start(model)
     start = model.weight.detach().clone()
     with torch.no_grad():
-        model.weight.add_(1.0)
+        move(model.weight)
+    return model, ema, start
+
+
+def test_update_follows_the_warmed_up_decay():
+    model, ema, start = moved_after_start(0.9, lambda w: w.add_(1.0))
     ema.update(step=0)  # warm-up: d = min(0.9, 1/10) = 0.1, so the average moves 90 % of the way
     assert torch.allclose(ema.average["weight"], start + 0.9)
     ema.update(step=1000)  # d = 0.9
@@ -34,12 +40,7 @@ def test_update_follows_the_warmed_up_decay():
 
 
 def test_swap_exchange_and_copy():
-    model = nn.Linear(2, 1)
-    ema = WeightAverage(0.5)
-    ema.start(model)
-    trained = model.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.mul_(3)
+    model, ema, trained = moved_after_start(0.5, lambda w: w.mul_(3))
     live = model.weight.detach().clone()
     ema.swap()
     assert torch.equal(model.weight, trained) and torch.equal(ema.average["weight"], live)
