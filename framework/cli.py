@@ -66,7 +66,9 @@ def cmd_data_dubai(args: argparse.Namespace) -> None:
 
     from framework.data.dubai import convert_dubai
 
-    counts = convert_dubai(Path(args.src), Path(args.out), seed=args.seed, overwrite=args.overwrite)
+    counts = convert_dubai(
+        Path(args.src), Path(args.out), seed=args.seed, overwrite=args.overwrite, val_phrasings=args.val_phrasings
+    )
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n} samples" for split, n in counts.items()))
 
 
@@ -160,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder (outside the repository's tracked files)")
     s.add_argument("--seed", type=int, default=0, help="seed of the question draw (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    s.add_argument("--val-phrasings", choices=("val", "train"), default="val",
+                   help="phrasing pool tile 6 is asked from: val (unseen, the benchmark; default) or train (a "
+                   "diagnostic that takes unseen phrasings out of the score)")
     s.set_defaults(func=cmd_data_dubai)
 
     p = sub.add_parser(

@@ -179,9 +179,33 @@ def _load_with_bases(path: Path, chain: tuple[Path, ...]) -> DictConfig:
     for base in bases:
         merged = OmegaConf.merge(merged, _load_with_bases(path.parent / base, (*chain, path)))
     try:
-        return OmegaConf.merge(merged, OmegaConf.create(data))
+        return OmegaConf.merge(_without_swapped_slots(merged, data), OmegaConf.create(data))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{path}: {_omegaconf_message(exc)}") from None
+
+
+def _without_swapped_slots(base: DictConfig, data: dict[str, Any]) -> DictConfig:
+    """``base`` less each model slot that ``data`` (a child config or the dotted overrides) gives another
+    component ``name``.
+
+    The old component's parameters mean nothing to the new one, so swapping a slot's component starts that slot
+    from the given keys only (a slot that keeps its name still merges key by key).
+    """
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(base.get("model"), DictConfig):
+        return base
+    swapped = [
+        slot
+        for slot, given in model.items()
+        if isinstance(given, dict) and "name" in given
+        and isinstance(base.model.get(slot), DictConfig) and base.model[slot].get("name") != given["name"]
+    ]
+    if not swapped:
+        return base
+    base = base.copy()
+    for slot in swapped:
+        base.model[slot] = None
+    return base
 
 
 def _omegaconf_message(exc: OmegaConfBaseException) -> str:
@@ -198,7 +222,8 @@ def _apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if not key or key.startswith(".") or key.endswith("."):
             raise ConfigError(f"override '{item}': bad key '{key}'")
     try:
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        given = OmegaConf.from_dotlist(list(overrides))
+        return OmegaConf.merge(_without_swapped_slots(cfg, OmegaConf.to_container(given)), given)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"override: {_omegaconf_message(exc)}") from None
 

@@ -22,7 +22,9 @@ Splits are by tile, never by image (neighbouring crops of a tile overlap): tiles
 (``SPLIT_TILES``). There is no third split: tiles 7 and 8 are not shipped, so tile 6 is the only held-out tile,
 and an experiment tests on it with ``data.test_split: val`` (then evaluate the last checkpoint, not the one
 selected on that same tile). Questions of a split come from the split's own phrasing pool (``PHRASINGS``):
-validation phrasings never occur in training.
+validation phrasings never occur in training. ``val_phrasings="train"`` asks tile 6 with the training pool
+instead: a diagnostic, not the benchmark. The same checkpoint tested on both conversions separates what is lost
+to unseen phrasings (language) from what is lost on tile 6's pixels (vision).
 
 Mask colours are the ones measured on the masks (README table), not those of ``classes-as-shipped.json``.
 Unlabeled pixels (#9B9B9B, and the few pure black #000000) are 0 in every label: they belong to no class, so
@@ -194,8 +196,12 @@ _NOUNS = {
 }
 
 
-def convert_dubai(src: Path, out: Path, seed: int = 0, overwrite: bool = False) -> dict[str, int]:
+def convert_dubai(
+    src: Path, out: Path, seed: int = 0, overwrite: bool = False, val_phrasings: str = "val"
+) -> dict[str, int]:
     """Writes the Dubai tiles of ``src`` as out/{train,val}/{images,labels,QAs}; returns the samples per split.
+
+    ``val_phrasings``: the pool tile 6 is asked from, ``"val"`` (unseen phrasings: the benchmark) or ``"train"``.
 
     Images are symlinked, not copied (copied only where the file system refuses symlinks). Raises DataError
     for a missing source folder, tile or partner file, a mask whose size differs from its image, a mask colour
@@ -207,6 +213,9 @@ def convert_dubai(src: Path, out: Path, seed: int = 0, overwrite: bool = False) 
         raise DataError(f"{src}: Dubai source folder not found (expected tile-1 .. tile-6 inside)")
     if seed < 0:
         raise DataError(f"Dubai conversion seed must be >= 0, got {seed}")
+    if val_phrasings not in SPLITS:
+        raise DataError(f"Dubai val phrasings must be one of {', '.join(SPLITS)}, got {val_phrasings!r}")
+    pools = {"train": "train", "val": val_phrasings}
     if out.exists() and not out.is_dir():
         raise DataError(f"Dubai output {out} exists and is not a folder")
     pairs = {split: [p for tile in tiles for p in _tile_pairs(src, tile)] for split, tiles in SPLIT_TILES.items()}
@@ -217,7 +226,7 @@ def convert_dubai(src: Path, out: Path, seed: int = 0, overwrite: bool = False) 
             class_masks = read_class_masks(mask_path, image_path)
             for concept, mask in class_masks.items():
                 stem = f"tile-{tile}_{image_path.stem}_{concept}"
-                _write_sample(out / split, stem, image_path, mask, concept, tile, split, seed)
+                _write_sample(out / split, stem, image_path, mask, concept, tile, pools[split], seed)
                 counts[split] += 1
     return counts
 
@@ -274,11 +283,11 @@ def _tile_pairs(src: Path, tile: int) -> list[tuple[int, Path, Path]]:
 
 
 def _write_sample(folder: Path, stem: str, image_path: Path, mask: np.ndarray, concept: str, tile: int,
-                  split: str, seed: int) -> None:
+                  pool_name: str, seed: int) -> None:
     _link_or_copy(image_path, folder / "images" / f"{stem}{image_path.suffix.lower()}")
     Image.fromarray(mask.astype(np.uint8) * 255).save(folder / "labels" / f"{stem}.png")
     rng = np.random.default_rng([seed, zlib.crc32(stem.encode("utf-8"))])
-    pool = PHRASINGS[concept][split]
+    pool = PHRASINGS[concept][pool_name]
     qa = {
         "questions": [pool[i] for i in rng.permutation(len(pool))[:QUESTIONS_PER_SAMPLE]],
         "answer": [_answer(concept, mask)] if mask.any() else [],

@@ -183,6 +183,22 @@ def test_same_seed_writes_identical_files_and_another_seed_other_questions(tmp_p
     assert _qas(outs[0], "train") != _qas(outs[2], "train")
 
 
+def test_val_phrasings_train_asks_tile_6_from_the_training_pool_and_changes_nothing_else(tmp_path, capsys):
+    src = _fake_tiles(tmp_path / "src")
+    convert_dubai(src, tmp_path / "unseen", seed=2)
+    assert main(["data", "dubai", "--src", str(src), "--out", str(tmp_path / "seen"), "--seed", "2",
+                 "--val-phrasings", "train"]) == 0
+    unseen, seen = _qas(tmp_path / "unseen", "val"), _qas(tmp_path / "seen", "val")
+    assert unseen.keys() == seen.keys()
+    for stem, qa in seen.items():
+        assert set(qa["questions"]) <= set(PHRASINGS[qa["concept"]]["train"])
+        assert {k: v for k, v in qa.items() if k != "questions"} == {k: v for k, v in unseen[stem].items() if k != "questions"}
+        np.testing.assert_array_equal(_label(tmp_path / "seen", "val", stem), _label(tmp_path / "unseen", "val", stem))
+    assert _qas(tmp_path / "seen", "train") == _qas(tmp_path / "unseen", "train")
+    with pytest.raises(DataError, match="val phrasings must be one of train, val, got 'test'"):
+        convert_dubai(src, tmp_path / "other", val_phrasings="test")
+
+
 def test_copies_images_where_symlinks_fail(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("symlinks not supported here")
