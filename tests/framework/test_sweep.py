@@ -270,16 +270,19 @@ def test_killed_worker_trial_is_retried_and_failures_are_recorded(tmp_path, synt
     client = mlflow.MlflowClient(mlflow_uri)
     experiment_name = yaml.safe_load((tmp_path / "tiny.yaml").read_text())["tracking"]["experiment"]
 
-    def training() -> bool:  # the first trial's job has its MLflow run: it is about to train
-        experiment = client.get_experiment_by_name(experiment_name)
-        return experiment is not None and bool(client.search_runs(
-            [experiment.experiment_id], filter_string="tags.`optuna.trial` = '0'"))
+    def training() -> bool:
+        # The first trial's job has logged its config to its MLflow run, the last thing before Trainer.fit. Read
+        # from the artifact folder, not the store: the fit takes under a second on idle cores, less than a query
+        # of the shared sqlite store may take, and the job must be caught before it ends.
+        return any((tmp_path / "runs").rglob("mlartifacts/*/artifacts/config.yaml"))
 
     deadline = time.time() + 900
     while not training():
         assert time.time() < deadline and worker.poll() is None, output.read_text()[-3000:]
-        time.sleep(0.2)
+        time.sleep(0.01)
     job = _fit_child(worker)
+    if job is not None:
+        job.suspend()  # frozen mid-trial until its controller's death kills it
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
     if job is not None:
