@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.mask_heads._readout import query_embedding
 from framework.contracts import MaskHead, MaskHeadOutput
 from framework.registry import MASK_HEADS
 
@@ -57,9 +58,7 @@ class FPNMaskHead(MaskHead):
             )
             for _ in in_channels
         )
-        self.mask_embed = nn.Sequential(nn.Linear(query_dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
-        nn.init.normal_(self.mask_embed[-1].weight, std=0.01)
-        nn.init.zeros_(self.mask_embed[-1].bias)
+        self.mask_embed = query_embedding(query_dim, dim)
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
 
     def forward(self, features: list[torch.Tensor], queries: torch.Tensor) -> MaskHeadOutput:

@@ -277,12 +277,16 @@ def test_cli_converts_and_reports_errors_in_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_experiment_is_the_demo_model_on_the_dubai_tiles_tested_on_tile_6():
+def test_experiment_keeps_the_demo_weights_and_is_tested_on_tile_6():
     from framework.config import load_config
 
     experiments = Path(__file__).resolve().parents[3] / "experiments"
     cfg = load_config(experiments / "dubai" / "dubai.yaml", validate_components=False)
     demo = load_config(experiments / "demo.yaml", validate_components=False)["model"]
-    assert cfg["model"] == {**demo, "mask_head": {**demo["mask_head"], "film": False}}  # the same weights files
+    # the demo's pretrained encoder (frozen) and LLM, the same weights files; new, trained projector and head
+    assert cfg["model"]["encoder"] == {**demo["encoder"], "frozen": True}
+    assert cfg["model"]["llm"] == demo["llm"]
+    assert cfg["model"]["projector"] == {"name": "mlp", "hidden": 256}
+    assert cfg["model"]["mask_head"] == {"name": "linear", "dim": 96, "query_dim": 128}
     assert cfg["data"]["batch_size"] % cfg["data"]["questions_per_image"] == 0
     assert (cfg["data"]["root"], cfg["data"]["val_split"], cfg["data"]["test_split"]) == ("data/dubai", "val", "val")
