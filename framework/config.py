@@ -77,6 +77,7 @@ class CheckpointSchema:
 class LossSchema:
     bce_weight: float = 5.0
     dice_weight: float = 5.0
+    pos_balance: float = 0.0  # BCE weight of a sample's target pixels: (negatives / positives)^β; 0 = reference
     lm_weight: float = 1.0
     point_sample: bool = True
     num_points: int = 12544

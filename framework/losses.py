@@ -46,11 +46,14 @@ def mask_loss(
     num_points: int = 12544,
     oversample_ratio: float = 3.0,
     importance_ratio: float = 0.75,
+    pos_balance: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(BCE, Dice) of mask logits [B,h,w] against binary targets [B,H,W] (any H,W ≥ h,w).
 
     Point-sampled: both are read at the same points in normalised coordinates. Full-mask: logits are upsampled
-    bilinearly to the target size.
+    bilinearly to the target size. ``pos_balance`` β weights each sample's target pixels by (negatives /
+    positives)^β, at least 1, in the BCE (0: plain BCE; 1: a sample's positives weigh as much as its negatives), so that a
+    small target is not answered by the prior "mostly empty"; samples without a target are unweighted.
     """
     targets = targets.float()
     if point_sampled:
@@ -61,7 +64,14 @@ def mask_loss(
         pred = F.interpolate(logits[:, None].float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
         pred = pred[:, 0]
         target = targets
-    bce = F.binary_cross_entropy_with_logits(pred, target, reduction="none").flatten(1).mean(1).mean()
+    pos_weight = None
+    if pos_balance:
+        positives = target.flatten(1).sum(1)
+        negatives = target[0].numel() - positives
+        ratio = torch.where(positives > 0, negatives / positives.clamp(min=1e-6), torch.ones_like(positives))
+        pos_weight = ratio.clamp(min=1.0).pow(pos_balance).view(-1, *[1] * (target.dim() - 1))
+    bce = F.binary_cross_entropy_with_logits(pred, target, reduction="none", pos_weight=pos_weight)
+    bce = bce.flatten(1).mean(1).mean()
     return bce, dice_loss(pred, target)
 
 

@@ -69,6 +69,7 @@ class SegEarthTask(L.LightningModule):
                 num_points=lc["num_points"],
                 oversample_ratio=lc["oversample_ratio"],
                 importance_ratio=lc["importance_sample_ratio"],
+                pos_balance=lc["pos_balance"],
             )
             bce, dice = bce + b, dice + d
         terms = {"mask_bce": bce, "mask_dice": dice}

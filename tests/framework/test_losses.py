@@ -53,6 +53,20 @@ def test_loss_decreases_toward_the_target():
     assert losses[-1] < 0.2 * losses[0]
 
 
+def test_pos_balance_weighs_a_small_target_like_its_background():
+    target = torch.zeros(3, 4, 4)
+    target[0, 0, 0] = 1  # 1 positive, 15 negatives
+    target[1, :3] = 1  # 12 positives, 4 negatives: never down-weighted
+    logits = torch.zeros(3, 4, 4)  # every pixel costs log 2
+    plain, _ = mask_loss(logits, target, point_sampled=False)
+    assert torch.isclose(plain, torch.log(torch.tensor(2.0)))
+    balanced, _ = mask_loss(logits, target, point_sampled=False, pos_balance=1.0)
+    per_sample = torch.tensor([(15 + 15) / 16, 1.0, 1.0]) * torch.log(torch.tensor(2.0))  # no target: unweighted
+    assert torch.isclose(balanced, per_sample.mean())
+    half, _ = mask_loss(logits, target, point_sampled=False, pos_balance=0.5)
+    assert torch.isclose(half, (torch.tensor([(15 + 15**0.5) / 16, 1.0, 1.0]) * torch.log(torch.tensor(2.0))).mean())
+
+
 def test_dice_perfect_prediction():
     t = torch.zeros(1, 8)
     t[0, :4] = 1
