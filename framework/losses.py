@@ -51,9 +51,9 @@ def mask_loss(
     """(BCE, Dice) of mask logits [B,h,w] against binary targets [B,H,W] (any H,W ≥ h,w).
 
     Point-sampled: both are read at the same points in normalised coordinates. Full-mask: logits are upsampled
-    bilinearly to the target size. ``pos_balance`` β weights each sample's target pixels by (negatives /
-    positives)^β, at least 1, in the BCE (0: plain BCE; 1: a sample's positives weigh as much as its negatives), so that a
-    small target is not answered by the prior "mostly empty"; samples without a target are unweighted.
+    bilinearly to the target size. ``pos_balance`` β weights each sample's target pixels in the BCE by
+    (negatives / positives)^β, at least 1 (0: plain BCE; 1: a sample's positives weigh as much as its negatives),
+    so that a small target is not answered by the prior "mostly empty".
     """
     targets = targets.float()
     if point_sampled:
@@ -68,8 +68,9 @@ def mask_loss(
     if pos_balance:
         positives = target.flatten(1).sum(1)
         negatives = target[0].numel() - positives
-        ratio = torch.where(positives > 0, negatives / positives.clamp(min=1e-6), torch.ones_like(positives))
-        pos_weight = ratio.clamp(min=1.0).pow(pos_balance).view(-1, *[1] * (target.dim() - 1))
+        # a sample without a target has no target term to weigh; at least one pixel keeps the ratio finite
+        ratio = (negatives / positives.clamp(min=1.0)).clamp(min=1.0)
+        pos_weight = ratio.pow(pos_balance).view(-1, *[1] * (target.dim() - 1))
     bce = F.binary_cross_entropy_with_logits(pred, target, reduction="none", pos_weight=pos_weight)
     bce = bce.flatten(1).mean(1).mean()
     return bce, dice_loss(pred, target)
