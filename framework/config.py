@@ -27,6 +27,10 @@ class ModelSchema:
     llm: dict[str, Any] = field(default_factory=dict)
     projector: dict[str, Any] = field(default_factory=dict)
     mask_head: dict[str, Any] = field(default_factory=dict)
+    # Training only: one learned query per named concept asks the mask head in place of the projector's, which is
+    # trained to reproduce it (loss.concept_query_weight); evaluation and prediction use the projector's query.
+    # Every training sample must name one of these concepts (framework/model.py ConceptQueries).
+    concepts: Optional[list[str]] = None
 
 
 @dataclass
@@ -86,6 +90,7 @@ class LossSchema:
     deep_supervision: bool = True
     presence_weight: float = 0.0  # image-level BCE on each mask's largest logit (framework/losses.py); 0 = reference
     competition_weight: float = 0.0  # per-pixel softmax across the questions of one image (framework/losses.py)
+    concept_query_weight: float = 1.0  # with model.concepts: MSE of the projector's query to its concept's query
 
 
 @dataclass

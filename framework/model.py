@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from framework.contracts import LLMOutput
-from framework.errors import ConfigError
+from framework.errors import ConfigError, DataError
 from framework.registry import SLOTS
 
 # Constructor arguments the framework passes to each slot's component (a config must not set them).
@@ -95,7 +95,8 @@ def freeze(module: nn.Module) -> None:
 class ModelOutput:
     """``mask_logits`` [B,H/s,W/s] (the answer mask; Q>1 queries are combined by max = union),
     ``aux_logits``: deep-supervision predictions of the same shape, ``lm_loss`` or None, ``output_stride`` s,
-    ``image_index`` [B]: rows with equal values were asked of the same image (None: every row its own image)."""
+    ``image_index`` [B]: rows with equal values were asked of the same image (None: every row its own image).
+    ``queries``/``teacher_queries``: see ``SegEarthModel.forward``'s ``concept_ids``."""
 
     mask_logits: torch.Tensor
     aux_logits: list[torch.Tensor] = field(default_factory=list)
@@ -103,6 +104,46 @@ class ModelOutput:
     output_stride: int = 4
     llm: LLMOutput | None = None
     image_index: torch.Tensor | None = None
+    queries: torch.Tensor | None = None  # the projector's [B,Q,D]
+    teacher_queries: torch.Tensor | None = None  # the concept queries that asked the head instead (training only)
+
+
+class ConceptQueries(nn.Module):
+    """One learned query per named concept (``model.concepts``), the teacher of the projector in training.
+
+    In training the mask head is asked with the sample's concept query instead of the projector's, so the head and
+    these queries learn a segmenter with one query per concept; the projector only learns to map each question's
+    description embedding onto its concept's query (``loss.concept_query_weight``). Measured on the Dubai tiles
+    (README): a projector trained through the segmentation loss maps unseen phrasings by their wording ("Where could
+    a motorbike be ridden?" next to the training phrasing "Where could a jet ski ride?"), one regressed onto
+    its concept's query by their meaning. Evaluation and prediction never read the concepts.
+    """
+
+    def __init__(self, concepts: list[str], query_dim: int) -> None:
+        super().__init__()
+        if not concepts or len(set(concepts)) != len(concepts) or not all(isinstance(c, str) and c for c in concepts):
+            raise ConfigError(f"model.concepts: {concepts!r} must be a list of distinct, non-empty concept names")
+        self.concepts = list(concepts)
+        self.index = {c: i for i, c in enumerate(self.concepts)}
+        self.queries = nn.Embedding(len(concepts), query_dim)
+        nn.init.normal_(self.queries.weight, std=0.02)
+
+    def ids(self, concepts: list[str]) -> torch.Tensor:
+        """Row indices [B] of the batch's concept names; a sample whose concept is not listed is a data error."""
+        unknown = sorted({c for c in concepts if c not in self.index})
+        if unknown:
+            named = ", ".join(repr(c) for c in unknown)
+            raise DataError(
+                f"model.concepts: training samples name concept(s) {named}, not in {self.concepts}"
+                + (" ('' = the data format names none)" if "" in unknown else "")
+            )
+        return torch.tensor([self.index[c] for c in concepts], device=self.queries.weight.device)
+
+    def forward(self, ids: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """The concept queries shaped like the projector's ``queries`` [B,1,D]."""
+        if queries.shape[1] != 1:
+            raise ConfigError(f"model.concepts needs a projector that makes one query; this one makes {queries.shape[1]}")
+        return self.queries(ids).unsqueeze(1)
 
 
 class SegEarthModel(nn.Module):
@@ -158,6 +199,8 @@ class SegEarthModel(nn.Module):
             out_dim=built["mask_head"].query_dim,
         )
         options["projector"] = proj_opts
+        concepts = model_cfg.get("concepts")
+        self.concept_queries = None if concepts is None else ConceptQueries(concepts, built["mask_head"].query_dim)
 
         self.encoder = encoder
         self.compressor = built["compressor"]
@@ -221,11 +264,13 @@ class SegEarthModel(nn.Module):
         questions: list[str],
         answers: list[str] | None = None,
         features: list[torch.Tensor] | None = None,
+        concept_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Mask logits for each (image, question) pair.
 
         ``images`` [B,3,H,W] in [0,1], or precomputed ``features`` (from ``encode``) to ask new questions of
-        the same images without re-running the encoder.
+        the same images without re-running the encoder. ``concept_ids`` [B] (training with ``model.concepts``):
+        the head is asked with those concept queries (``teacher_queries``) instead of the projector's.
 
         The question-independent slots run once per distinct image of the batch: the encoder, the compressor and a
         mask head's ``pixel_features`` (when it has the ``pixel_features``/``decode`` split); their outputs are
@@ -257,11 +302,17 @@ class SegEarthModel(nn.Module):
         llm_out = self.llm(questions, visual_tokens, answers)
         batch_features = [per_row(f) for f in features]
         queries = self.projector(llm_out, batch_features)
+        teacher = None
+        if concept_ids is not None:
+            if self.concept_queries is None:
+                raise ValueError("concept_ids given but the model has no model.concepts")
+            teacher = self.concept_queries(concept_ids, queries)
+        asking = queries if teacher is None else teacher
         if hasattr(self.mask_head, "pixel_features"):
             pixels = map_tensors(per_row, self.mask_head.pixel_features(features))
-            head_out = self.mask_head.decode(pixels, queries)
+            head_out = self.mask_head.decode(pixels, asking)
         else:
-            head_out = self.mask_head(batch_features, queries)
+            head_out = self.mask_head(batch_features, asking)
         combine = (lambda m: m.amax(dim=1)) if head_out.masks.shape[1] > 1 else (lambda m: m[:, 0])
         return ModelOutput(
             mask_logits=combine(head_out.masks),
@@ -270,6 +321,8 @@ class SegEarthModel(nn.Module):
             output_stride=self.mask_head.output_stride,
             llm=llm_out,
             image_index=inverse,
+            queries=queries,
+            teacher_queries=teacher,
         )
 
 

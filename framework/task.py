@@ -84,6 +84,10 @@ class SegEarthTask(L.LightningModule):
                 groups = torch.arange(len(targets), device=targets.device)
             terms["competition"] = competition_loss(out.mask_logits, targets, groups)
             loss = loss + lc["competition_weight"] * terms["competition"]
+        if out.teacher_queries is not None:
+            # the teacher is not pulled towards the projector: the segmentation loss alone shapes it
+            terms["concept_query"] = torch.nn.functional.mse_loss(out.queries, out.teacher_queries.detach())
+            loss = loss + lc["concept_query_weight"] * terms["concept_query"]
         if out.lm_loss is not None:
             terms["lm"] = out.lm_loss
             loss = loss + lc["lm_weight"] * out.lm_loss
@@ -92,7 +96,9 @@ class SegEarthTask(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         answers = batch["answer"] if self.config["loss"]["lm_weight"] > 0 else None
-        out = self.model(batch["image"], batch["question"], answers)
+        teacher = self.model.concept_queries
+        concept_ids = None if teacher is None else teacher.ids(batch["concept"])
+        out = self.model(batch["image"], batch["question"], answers, concept_ids=concept_ids)
         terms = self._loss(out, batch["mask"], point_sampled=self.config["loss"]["point_sample"])
         bs = batch["image"].shape[0]
         loss = guard_loss(self, terms["loss"], batch)  # stops, or skips the step, on a NaN/inf loss
@@ -240,6 +246,8 @@ class SegEarthTask(L.LightningModule):
             params = [p for p in module.parameters() if p.requires_grad]
             if params:
                 groups.append({"params": params, "lr": oc["lr"] * oc["slot_lr_scale"].get(slot, 1.0), "name": slot})
+        if self.model.concept_queries is not None:
+            groups.append({"params": list(self.model.concept_queries.parameters()), "lr": oc["lr"], "name": "concepts"})
         optimizer = torch.optim.AdamW(groups, lr=oc["lr"], betas=tuple(oc["betas"]), weight_decay=oc["weight_decay"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(oc["warmup_ratio"] * total)

@@ -23,6 +23,10 @@ class LinearMaskHead(MaskHead):
     vectors come from the question; on the Dubai tiles (README) that is what carries a class to an unseen tile
     whose look differs from the training tiles'.
 
+    ``pixel_norm``: each level's feature vector is layer-normalised per pixel (over channels, no affine) before its
+    1x1, so a pixel's logit depends on the direction of its features, not their magnitude (a darker or lower-contrast
+    tile otherwise pulls every logit towards the bias).
+
     ``pixel_features(features)`` is question-independent (one pass per distinct image); ``forward(features
     [[B,C_i,H/s_i,W/s_i]], queries [B,Q,query_dim]) -> MaskHeadOutput(masks [B,Q,H/s_0,W/s_0], aux [])``.
     """
@@ -34,12 +38,14 @@ class LinearMaskHead(MaskHead):
         query_dim: int = 256,
         dim: int = 128,
         init_bias: float = -2.0,
+        pixel_norm: bool = False,
     ) -> None:
         super().__init__()
         if len(in_channels) != len(strides):
             raise ValueError(f"{len(in_channels)} channel counts for {len(strides)} strides")
         self.query_dim = query_dim
         self.output_stride = strides[0]
+        self.pixel_norm = pixel_norm
         self.project = nn.ModuleList(nn.Conv2d(c, dim, kernel_size=1) for c in in_channels)
         self.mask_embed = query_embedding(query_dim, dim)
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
@@ -49,6 +55,8 @@ class LinearMaskHead(MaskHead):
 
     def pixel_features(self, features: list[torch.Tensor]) -> torch.Tensor:
         """[B,dim,H/s_0,W/s_0]: the summed per-level projections at the finest level's size."""
+        if self.pixel_norm:
+            features = [F.layer_norm(level.movedim(1, -1), level.shape[1:2]).movedim(-1, 1) for level in features]
         size = features[0].shape[-2:]
         pixels = self.project[0](features[0])
         for project, level in zip(self.project[1:], features[1:], strict=True):

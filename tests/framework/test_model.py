@@ -106,3 +106,33 @@ def test_identical_images_run_the_image_only_slots_once_with_the_same_outputs_an
         reference = model.get_parameter(name).grad
         # + 1e-5: a bias right before a normalisation has an analytically zero gradient, here rounding noise
         assert (grad - reference).norm() <= 1e-4 * reference.norm() + 1e-5, name
+
+
+def test_concept_queries_ask_the_head_in_training_instead_of_the_projector():
+    model = tiny_model(concepts=["water", "road"])
+    images = torch.rand(1, 3, 64, 64).expand(3, -1, -1, -1)
+    questions = ["where is water?", "where could a boat sail?", "which roads?"]
+    ids = model.concept_queries.ids(["water", "water", "road"])
+    out = model(images, questions, concept_ids=ids)
+    # two phrasings of one concept ask the head the same thing; the projector's own queries still differ
+    torch.testing.assert_close(out.mask_logits[0], out.mask_logits[1])
+    assert not torch.allclose(out.mask_logits[0], out.mask_logits[2])
+    assert not torch.allclose(out.queries[0], out.queries[1])
+    torch.testing.assert_close(out.teacher_queries[:, 0], model.concept_queries.queries.weight[[0, 0, 1]])
+    out.mask_logits.sum().backward()  # the masks train the head and the concept queries, not the projector
+    assert all(p.grad is None for p in model.projector.parameters())
+    assert model.concept_queries.queries.weight.grad.abs().sum() > 0
+    plain = model(images, questions)  # without concept ids (evaluation, prediction): the projector's queries ask
+    assert plain.teacher_queries is None and not torch.allclose(plain.mask_logits[0], plain.mask_logits[1])
+
+
+def test_concept_query_errors():
+    from framework.errors import DataError
+
+    model = tiny_model(concepts=["water", "road"])
+    with pytest.raises(DataError, match=r"'', 'field', not in \['water', 'road'\].*names none"):
+        model.concept_queries.ids(["water", "field", ""])
+    with pytest.raises(ConfigError, match="distinct"):
+        tiny_model(concepts=["water", "water"])
+    with pytest.raises(ConfigError, match="distinct, non-empty"):
+        tiny_model(concepts=[])

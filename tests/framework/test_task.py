@@ -14,7 +14,7 @@ from PIL import Image
 from framework import losses
 from framework.config import load_config
 from framework.data.datamodule import ReasoningDataModule
-from framework.data.synth import write_synthetic_dataset
+from framework.data.synth import CLASS_CONCEPTS, RELATIONAL_CONCEPTS, write_synthetic_dataset
 from framework.postprocess import unletterbox
 from framework.task import SegEarthTask
 from framework.tta import averaged_output
@@ -185,3 +185,24 @@ def test_competition_term_groups_the_rows_the_model_saw_as_one_image(synth_root)
     torch.testing.assert_close(terms["competition"], expected)
     base = terms["loss"] - terms["competition"]
     torch.testing.assert_close(base, 5.0 * terms["mask_bce"] + 5.0 * terms["mask_dice"])
+
+
+def test_concept_queries_train_the_projector_only_through_the_query_regression(synth_root, tmp_path):
+    cfg = _resolved(tiny_config(data={"root": str(synth_root)}))
+    cfg["model"]["concepts"] = list(CLASS_CONCEPTS + RELATIONAL_CONCEPTS)
+    cfg["loss"]["concept_query_weight"] = 3.0
+    task = SegEarthTask(cfg)
+    teacher = task.model.concept_queries
+    out = task.model(torch.rand(2, 3, 64, 64), ["water?", "roads?"], concept_ids=teacher.ids(["water", "road"]))
+    terms = task._loss(out, torch.zeros(2, 64, 64), point_sampled=False)
+    torch.testing.assert_close(terms["concept_query"], ((out.queries - teacher.queries.weight[[0, 3]][:, None]) ** 2).mean())
+    torch.testing.assert_close(terms["loss"] - 3.0 * terms["concept_query"], 5.0 * terms["mask_bce"] + 5.0 * terms["mask_dice"])
+    terms["concept_query"].backward()  # the regression moves the projector, never its teacher
+    assert teacher.queries.weight.grad is None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in task.model.projector.parameters())
+    # a fit gives the concept queries their own optimiser group and checkpoints them
+    cfg["trainer"]["limit_train_batches"] = 2
+    task, trainer = fit_tiny(cfg, tmp_path)
+    assert "concepts" in {g["name"] for g in trainer.optimizers[0].param_groups}
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    assert "model.concept_queries.queries.weight" in torch.load(tmp_path / "c.ckpt", weights_only=False)["state_dict"]

@@ -57,3 +57,18 @@ def test_the_question_enters_only_through_the_dot_product() -> None:
         torch.testing.assert_close(out.masks, mask_head.decode(mask_head.pixel_features(maps), queries).masks)
         torch.testing.assert_close(mask_head(maps, other).masks[:, 0], out.masks[:, 0])
         assert not torch.allclose(mask_head(maps, other).masks[:, 1], out.masks[:, 1])
+
+
+def test_pixel_norm_makes_each_pixel_invariant_to_the_scale_and_offset_of_its_features() -> None:
+    torch.manual_seed(0)
+    normed = LinearMaskHead(in_channels=CHANNELS, strides=STRIDES, query_dim=16, dim=16, pixel_norm=True)
+    maps, queries = features(), torch.randn(2, 1, 16)
+    darker = [m.clone() for m in maps]
+    for level in darker:  # one pixel per level scaled down and shifted, as a darker patch would be
+        level[:, :, 1, 1] = 0.2 * level[:, :, 1, 1] - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(normed(darker, queries).masks, normed(maps, queries).masks, atol=1e-4, rtol=1e-4)
+        plain = LinearMaskHead(in_channels=CHANNELS, strides=STRIDES, query_dim=16, dim=16)
+        plain.load_state_dict(normed.state_dict())
+        assert not torch.allclose(plain(darker, queries).masks, plain(maps, queries).masks, atol=1e-3)
+
