@@ -114,9 +114,8 @@ class ConceptQueries(nn.Module):
     In training the mask head is asked with the sample's concept query instead of the projector's, so the head and
     these queries learn a segmenter with one query per concept; the projector only learns to map each question's
     description embedding onto its concept's query (``loss.concept_query_weight``). Measured on the Dubai tiles
-    (README): a projector trained through the segmentation loss maps unseen phrasings by their wording ("Where could
-    a motorbike be ridden?" next to the training phrasing "Where could a jet ski ride?"), one regressed onto
-    its concept's query by their meaning. Evaluation and prediction never read the concepts.
+    (README): the same MLP routed 27 of 30 unseen phrasings to their class when trained through the segmentation
+    loss, 29 of 30 when regressed onto its class-mean queries. Evaluation and prediction never read the concepts.
     """
 
     def __init__(self, concepts: list[str], query_dim: int) -> None:

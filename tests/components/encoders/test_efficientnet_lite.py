@@ -48,6 +48,18 @@ def test_images_are_normalised_with_half_mean_and_std() -> None:
             assert torch.equal(got, expected)
 
 
+def test_input_mean_and_std_set_the_normalisation() -> None:
+    torch.manual_seed(0)
+    encoder = EfficientNetLite(variant=0, pretrained=False, input_mean=0.4, input_std=0.125).eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        for got, expected in zip(encoder(images), encoder.body((images - 0.4) / 0.125), strict=True):
+            torch.testing.assert_close(got, expected)
+    for bad in (0, -0.5, True):
+        with pytest.raises(ConfigError, match="input_std"):
+            EfficientNetLite(variant=0, pretrained=False, input_std=bad)
+
+
 def full_timm_state_dict(seed: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     return timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
