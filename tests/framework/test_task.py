@@ -193,9 +193,10 @@ def test_concept_queries_train_the_projector_only_through_the_query_regression(s
     cfg["loss"]["concept_query_weight"] = 3.0
     task = SegEarthTask(cfg)
     teacher = task.model.concept_queries
-    out = task.model(torch.rand(2, 3, 64, 64), ["water?", "roads?"], concept_ids=teacher.ids(["water", "road"]))
+    ids = teacher.ids(["water", "road"])
+    out = task.model(torch.rand(2, 3, 64, 64), ["water?", "roads?"], concept_ids=ids)
     terms = task._loss(out, torch.zeros(2, 64, 64), point_sampled=False)
-    torch.testing.assert_close(terms["concept_query"], ((out.queries - teacher.queries.weight[[0, 3]][:, None]) ** 2).mean())
+    torch.testing.assert_close(terms["concept_query"], ((out.queries - teacher.queries.weight[ids][:, None]) ** 2).mean())
     torch.testing.assert_close(terms["loss"] - 3.0 * terms["concept_query"], 5.0 * terms["mask_bce"] + 5.0 * terms["mask_dice"])
     terms["concept_query"].backward()  # the regression moves the projector, never its teacher
     assert teacher.queries.weight.grad is None

@@ -71,4 +71,3 @@ def test_pixel_norm_makes_each_pixel_invariant_to_the_scale_and_offset_of_its_fe
         plain = LinearMaskHead(in_channels=CHANNELS, strides=STRIDES, query_dim=16, dim=16)
         plain.load_state_dict(normed.state_dict())
         assert not torch.allclose(plain(darker, queries).masks, plain(maps, queries).masks, atol=1e-3)
-
