@@ -91,6 +91,8 @@ class EfficientNetLite(Encoder):
         super().__init__()
         if variant not in VARIANTS:
             raise ConfigError(f"encoder.variant: {variant!r} is not one of {list(VARIANTS)}")
+        if isinstance(input_mean, bool) or not isinstance(input_mean, (int, float)):
+            raise ConfigError(f"encoder.input_mean: expected a number, got {input_mean!r}")
         if isinstance(input_std, bool) or not isinstance(input_std, (int, float)) or not input_std > 0:
             raise ConfigError(f"encoder.input_std: expected a positive number, got {input_std!r}")
         self.input_mean, self.input_std = float(input_mean), float(input_std)

@@ -58,6 +58,8 @@ def test_input_mean_and_std_set_the_normalisation() -> None:
     for bad in (0, -0.5, True):
         with pytest.raises(ConfigError, match="input_std"):
             EfficientNetLite(variant=0, pretrained=False, input_std=bad)
+    with pytest.raises(ConfigError, match="input_mean: expected a number, got 'grey'"):
+        EfficientNetLite(variant=0, pretrained=False, input_mean="grey")
 
 
 def full_timm_state_dict(seed: int) -> dict[str, torch.Tensor]:
