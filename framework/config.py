@@ -27,10 +27,12 @@ class ModelSchema:
     llm: dict[str, Any] = field(default_factory=dict)
     projector: dict[str, Any] = field(default_factory=dict)
     mask_head: dict[str, Any] = field(default_factory=dict)
-    # Training only: one learned query per named concept asks the mask head in place of the projector's, which is
-    # trained to reproduce it (loss.concept_query_weight); evaluation and prediction use the projector's query.
-    # Every training sample must name one of these concepts (framework/model.py ConceptQueries).
+    # One learned query per named concept asks the mask head in training in place of the projector's, which is
+    # trained to reproduce it (loss.concept_query_weight). Every training sample must name one of these concepts.
     concepts: Optional[list[str]] = None
+    # With concepts, what answers outside training (framework/model.py ConceptQueries): "projector" (the projector's
+    # query asks the head) or "choice" (every pixel goes to at most one concept; a question gets its nearest concept's).
+    concept_readout: str = "projector"
 
 
 @dataclass

@@ -106,6 +106,10 @@ class ModelOutput:
     image_index: torch.Tensor | None = None
     queries: torch.Tensor | None = None  # the projector's [B,Q,D]
     teacher_queries: torch.Tensor | None = None  # the concept queries that asked the head instead (training only)
+    routed: torch.Tensor | None = None  # [B] concept ids the questions were routed to (``concept_readout: choice``)
+
+
+CONCEPT_READOUTS = ("projector", "choice")
 
 
 class ConceptQueries(nn.Module):
@@ -115,14 +119,28 @@ class ConceptQueries(nn.Module):
     these queries learn a segmenter with one query per concept; the projector only learns to map each question's
     description embedding onto its concept's query (``loss.concept_query_weight``). Measured on the Dubai tiles
     (README): the same MLP routed 27 of 30 unseen phrasings to their class when trained through the segmentation
-    loss, 29 of 30 when regressed onto its class-mean queries. Evaluation and prediction never read the concepts.
+    loss, 29 of 30 when regressed onto its class-mean queries.
+
+    ``readout`` (``model.concept_readout``) is what answers outside training:
+
+    - ``projector``: the head is asked with the projector's query; the concepts are never read.
+    - ``choice``: the head is asked with every concept query, and each pixel goes to at most one concept (a softmax
+      over the concepts' logits and a background logit 0). A question is routed to the concept nearest its query;
+      its mask logit is the log-odds of that concept winning the pixel, ``s_c - logsumexp({s_k, k != c} + {0})``
+      (the same read-out trains, with the sample's own concept). Measured on Dubai (README): a frozen-feature
+      read-out that must choose one class per pixel found the unseen tile's mangroves (vegetation 0.56 IoU) where a
+      per-class sigmoid on the same features did not (0.16); in the model, ``choice`` lifted tile 6 from 0.436 /
+      0.412 to 0.491 / 0.462 (gIoU / cIoU), through roads and buildings more than vegetation.
     """
 
-    def __init__(self, concepts: list[str], query_dim: int) -> None:
+    def __init__(self, concepts: list[str], query_dim: int, readout: str = "projector") -> None:
         super().__init__()
         if not concepts or len(set(concepts)) != len(concepts) or not all(isinstance(c, str) and c for c in concepts):
             raise ConfigError(f"model.concepts: {concepts!r} must be a list of distinct, non-empty concept names")
+        if readout not in CONCEPT_READOUTS:
+            raise ConfigError(f"model.concept_readout: expected one of {', '.join(CONCEPT_READOUTS)}, got {readout!r}")
         self.concepts = list(concepts)
+        self.readout = readout
         self.index = {c: i for i, c in enumerate(self.concepts)}
         self.queries = nn.Embedding(len(concepts), query_dim)
         nn.init.normal_(self.queries.weight, std=0.02)
@@ -140,9 +158,31 @@ class ConceptQueries(nn.Module):
 
     def forward(self, ids: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """The concept queries shaped like the projector's ``queries`` [B,1,D]."""
-        if queries.shape[1] != 1:
-            raise ConfigError(f"model.concepts needs a projector that makes one query; this one makes {queries.shape[1]}")
+        _check_single(queries)
         return self.queries(ids).unsqueeze(1)
+
+    def route(self, queries: torch.Tensor) -> torch.Tensor:
+        """Ids [B] of the concepts nearest (Euclidean) to the projector's queries [B,1,D]."""
+        _check_single(queries)
+        return torch.cdist(queries[:, 0].float(), self.queries.weight.float()).argmin(dim=1)
+
+    def all_queries(self, batch: int) -> torch.Tensor:
+        """Every concept query for each row, [batch,K,D] (a view)."""
+        return self.queries.weight.unsqueeze(0).expand(batch, -1, -1)
+
+    @staticmethod
+    def choose(masks: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """[B,h,w] log-odds that concept ``ids`` [B] wins each pixel, from every concept's logits [B,K,h,w]."""
+        rows = torch.arange(masks.shape[0], device=masks.device)
+        own = masks[rows, ids]
+        chosen = F.one_hot(ids, masks.shape[1]).bool()[:, :, None, None]
+        rivals = torch.cat([masks.masked_fill(chosen, float("-inf")), torch.zeros_like(own)[:, None]], dim=1)
+        return own - torch.logsumexp(rivals, dim=1)
+
+
+def _check_single(queries: torch.Tensor) -> None:
+    if queries.shape[1] != 1:
+        raise ConfigError(f"model.concepts needs a projector that makes one query; this one makes {queries.shape[1]}")
 
 
 class SegEarthModel(nn.Module):
@@ -199,7 +239,12 @@ class SegEarthModel(nn.Module):
         )
         options["projector"] = proj_opts
         concepts = model_cfg.get("concepts")
-        self.concept_queries = None if concepts is None else ConceptQueries(concepts, built["mask_head"].query_dim)
+        readout = model_cfg.get("concept_readout", "projector")
+        if concepts is None and readout != "projector":
+            raise ConfigError(f"model.concept_readout: {readout!r} needs model.concepts")
+        self.concept_queries = (
+            None if concepts is None else ConceptQueries(concepts, built["mask_head"].query_dim, readout)
+        )
 
         self.encoder = encoder
         self.compressor = built["compressor"]
@@ -269,7 +314,9 @@ class SegEarthModel(nn.Module):
 
         ``images`` [B,3,H,W] in [0,1], or precomputed ``features`` (from ``encode``) to ask new questions of
         the same images without re-running the encoder. ``concept_ids`` [B] (training with ``model.concepts``):
-        the head is asked with those concept queries (``teacher_queries``) instead of the projector's.
+        the head is asked with those concept queries (``teacher_queries``) instead of the projector's; with
+        ``concept_readout: choice`` the head is asked with every concept and each row answered by its concept's
+        choice log-odds (``ConceptQueries.choose``), the concept given by ``concept_ids`` or else routed.
 
         The question-independent slots run once per distinct image of the batch: the encoder, the compressor and a
         mask head's ``pixel_features`` (when it has the ``pixel_features``/``decode`` split); their outputs are
@@ -306,13 +353,23 @@ class SegEarthModel(nn.Module):
             if self.concept_queries is None:
                 raise ValueError("concept_ids given but the model has no model.concepts")
             teacher = self.concept_queries(concept_ids, queries)
-        asking = queries if teacher is None else teacher
+        choice = self.concept_queries is not None and self.concept_queries.readout == "choice"
+        if choice:
+            asking = self.concept_queries.all_queries(rows)
+            chosen = self.concept_queries.route(queries) if concept_ids is None else concept_ids
+        else:
+            asking = queries if teacher is None else teacher
         if hasattr(self.mask_head, "pixel_features"):
             pixels = map_tensors(per_row, self.mask_head.pixel_features(features))
             head_out = self.mask_head.decode(pixels, asking)
         else:
             head_out = self.mask_head(batch_features, asking)
-        combine = (lambda m: m.amax(dim=1)) if head_out.masks.shape[1] > 1 else (lambda m: m[:, 0])
+
+        def combine(masks: torch.Tensor) -> torch.Tensor:
+            if choice:
+                return self.concept_queries.choose(masks, chosen)
+            return masks.amax(dim=1) if masks.shape[1] > 1 else masks[:, 0]
+
         return ModelOutput(
             mask_logits=combine(head_out.masks),
             aux_logits=[combine(a) for a in head_out.aux],
@@ -322,6 +379,7 @@ class SegEarthModel(nn.Module):
             image_index=inverse,
             queries=queries,
             teacher_queries=teacher,
+            routed=chosen if choice and concept_ids is None else None,
         )
 
 

@@ -71,6 +71,9 @@ def concept_table(samples: list[dict[str, Any]]) -> str:
         return ""
     frames = ["", NATIVE] if f"{NATIVE}iou" in samples[0] else [""]
     titles = [f"{'native ' if frame else ''}{title}" for frame in frames for title in ("gIoU", "cIoU")]
+    routed = "routed" in samples[0]  # model.concept_readout: choice names the concept that answered
+    if routed:
+        titles.append("routed to it")
     lines = ["", "| concept | n | " + " | ".join(titles) + " |", "|---" * (len(titles) + 2) + "|"]
     for concept in sorted(groups):
         rows = groups[concept]
@@ -79,5 +82,7 @@ def concept_table(samples: list[dict[str, Any]]) -> str:
             union = sum(r[f"{frame}union"] for r in rows)
             cells.append(_fmt(sum(r[f"{frame}iou"] for r in rows) / len(rows)))
             cells.append(_fmt(sum(r[f"{frame}inter"] for r in rows) / union if union else float("nan")))
+        if routed:
+            cells.append(f"{sum(r['routed'] == concept for r in rows)}/{len(rows)}")
         lines.append(f"| {concept} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

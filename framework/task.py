@@ -206,16 +206,18 @@ class SegEarthTask(L.LightningModule):
             self.ema.swap()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        out = self._evaluate(batch, "test")
+        concepts = self.model.concept_queries.concepts if out.routed is not None else None
         for i in range(len(batch["question"])):
-            self._rows.append(
-                {
-                    "id": int(batch["id"][i]),
-                    "stem": batch["stem"][i],
-                    "concept": batch["concept"][i],
-                    "question": batch["question"][i],
-                }
-            )
+            row = {
+                "id": int(batch["id"][i]),
+                "stem": batch["stem"][i],
+                "concept": batch["concept"][i],
+                "question": batch["question"][i],
+            }
+            if concepts is not None:  # concept_readout: choice, the concept that answered (of the last TTA view)
+                row["routed"] = concepts[int(out.routed[i])]
+            self._rows.append(row)
 
     def on_test_epoch_start(self) -> None:
         self._rows = []

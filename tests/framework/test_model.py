@@ -126,6 +126,43 @@ def test_concept_queries_ask_the_head_in_training_instead_of_the_projector():
     assert plain.teacher_queries is None and not torch.allclose(plain.mask_logits[0], plain.mask_logits[1])
 
 
+def test_concept_choice_is_the_log_odds_of_the_concept_winning_the_pixel():
+    from framework.model import ConceptQueries
+
+    masks = torch.randn(4, 3, 5, 6, dtype=torch.float64) * 4
+    ids = torch.tensor([0, 2, 1, 2])
+    # a pixel's (K+1)-way softmax over the concepts and a background 0; log p/(1-p) of the chosen concept
+    scores = torch.cat([masks, torch.zeros(4, 1, 5, 6, dtype=torch.float64)], dim=1)
+    probs = scores.softmax(dim=1)[torch.arange(4), ids]
+    choice = ConceptQueries.choose(masks, ids)
+    torch.testing.assert_close(choice, torch.log(probs / (1 - probs)))
+    # p > 1/2 for one concept at most: no pixel is claimed twice, and some by none (the background)
+    claims = torch.stack([ConceptQueries.choose(masks, torch.full((4,), k)) > 0 for k in range(3)]).sum(dim=0)
+    assert claims.max() == 1 and claims.min() == 0
+
+
+def test_concept_choice_routes_each_question_to_its_nearest_concept():
+    model = tiny_model(concepts=["water", "road", "field"], concept_readout="choice")
+    images = torch.rand(1, 3, 64, 64).expand(3, -1, -1, -1)
+    questions = ["where is water?", "where could a boat sail?", "which roads?"]
+    with torch.no_grad():  # put the concepts where the projector's queries are: question 2 nearest field
+        queries = model(images, questions).queries[:, 0]
+        model.concept_queries.queries.weight.copy_(queries[[0, 2, 1]] + 1e-3)
+    out = model(images, questions)
+    assert out.routed.tolist() == [0, 2, 1] and out.teacher_queries is None
+    every = model.mask_head(model.encode(images), model.concept_queries.all_queries(3)).masks
+    torch.testing.assert_close(out.mask_logits, model.concept_queries.choose(every, out.routed))
+    # the two questions routed to different concepts of one image never both claim a pixel
+    assert not ((out.mask_logits[1] > 0) & (out.mask_logits[2] > 0)).any()
+    # training: the sample's own concept answers (no routing), and the masks train the head and every concept
+    trained = model(images, questions, concept_ids=model.concept_queries.ids(["water", "water", "road"]))
+    assert trained.routed is None
+    torch.testing.assert_close(trained.mask_logits[0], trained.mask_logits[1])
+    trained.mask_logits.sum().backward()
+    assert all(p.grad is None for p in model.projector.parameters())
+    assert (model.concept_queries.queries.weight.grad.abs().sum(1) > 0).all()
+
+
 def test_concept_query_errors():
     from framework.errors import DataError
 
@@ -136,3 +173,7 @@ def test_concept_query_errors():
         tiny_model(concepts=["water", "water"])
     with pytest.raises(ConfigError, match="distinct, non-empty"):
         tiny_model(concepts=[])
+    with pytest.raises(ConfigError, match="concept_readout: expected one of projector, choice, got 'argmax'"):
+        tiny_model(concepts=["water"], concept_readout="argmax")
+    with pytest.raises(ConfigError, match="concept_readout: 'choice' needs model.concepts"):
+        tiny_model(concept_readout="choice")

@@ -207,3 +207,31 @@ def test_concept_queries_train_the_projector_only_through_the_query_regression(s
     assert "concepts" in {g["name"] for g in trainer.optimizers[0].param_groups}
     trainer.save_checkpoint(tmp_path / "c.ckpt")
     assert "model.concept_queries.queries.weight" in torch.load(tmp_path / "c.ckpt", weights_only=False)["state_dict"]
+
+
+def test_concept_choice_test_rows_name_the_concept_that_answered(synth_root, tmp_path):
+    from framework.report import concept_table
+
+    cfg = _resolved(tiny_config(data={"root": str(synth_root), "eval_batch_size": 3}))
+    cfg["model"].update(concepts=list(CLASS_CONCEPTS + RELATIONAL_CONCEPTS), concept_readout="choice")
+    L.seed_everything(cfg["seed"], verbose=False)
+    task = SegEarthTask(cfg).eval()
+    data = ReasoningDataModule(cfg["data"], seed=0)
+    L.Trainer(default_root_dir=tmp_path, logger=False, **cfg["trainer"]).test(
+        task, dataloaders=data.test_dataloader(), verbose=False
+    )
+    samples = task.results["test"]["samples"]
+    dataset = data.dataset("test")
+    with torch.no_grad():  # each row's routing is the model's for that question
+        for row in samples[:3]:
+            item = dataset[row["id"]]
+            assert (item["id"], item["question"]) == (row["id"], row["question"])
+            routed = task.model(item["image"][None], [item["question"]]).routed
+            assert row["routed"] == task.model.concept_queries.concepts[int(routed)]
+    header, _, *lines = concept_table(samples).strip().splitlines()
+    assert header.endswith("| routed to it |")
+    for line in lines:  # the last column: how many of the concept's questions were routed to it
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        asked = [s for s in samples if s["concept"] == cells[0]]
+        assert cells[-1] == f"{sum(s['routed'] == cells[0] for s in asked)}/{len(asked)}"
+    assert len(lines) == len({s["concept"] for s in samples})

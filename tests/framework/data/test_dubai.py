@@ -288,7 +288,10 @@ def test_experiment_keeps_the_demo_weights_and_is_tested_on_tile_6():
     assert cfg["model"]["llm"] == demo["llm"]
     assert cfg["model"]["projector"] == {"name": "mlp", "hidden": 256}
     assert cfg["model"]["mask_head"] == {"name": "linear", "dim": 96, "query_dim": 128, "pixel_norm": True}
-    assert cfg["loss"]["pos_balance"] == 0.5
+    assert cfg["loss"]["pos_balance"] == 1.0
+    # one concept per class the converter writes, each pixel chosen among them
+    assert sorted(cfg["model"]["concepts"]) == sorted(CLASSES) and cfg["model"]["concept_readout"] == "choice"
+    assert cfg["loss"]["competition_weight"] == 0
     assert cfg["optim"]["weight_decay"] == 1.0  # only the projector and the head train (README "Real imagery")
     assert cfg["data"]["batch_size"] % cfg["data"]["questions_per_image"] == 0
     assert (cfg["data"]["root"], cfg["data"]["val_split"], cfg["data"]["test_split"]) == ("data/dubai", "val", "val")
