@@ -285,7 +285,8 @@ def test_experiment_keeps_the_demo_weights_and_is_tested_on_tile_6():
     demo = load_config(experiments / "demo.yaml", validate_components=False)["model"]
     # the demo's pretrained encoder (frozen) and LLM, the same weights files; new, trained projector and head
     assert cfg["model"]["encoder"] == {**demo["encoder"], "frozen": True}
-    assert cfg["model"]["llm"] == demo["llm"]
+    assert cfg["model"]["llm"] == {**demo["llm"], "template": cfg["model"]["llm"]["template"]}
+    assert cfg["model"]["llm"]["template"].count("<question>") == 1  # only the framing of the question differs
     assert cfg["model"]["projector"] == {"name": "mlp", "hidden": 256}
     assert cfg["model"]["mask_head"] == {"name": "linear", "dim": 96, "query_dim": 128, "pixel_norm": True}
     assert cfg["loss"]["pos_balance"] == 1.0
