@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.contracts import LLMOutput
+from framework.contracts import LLMOutput, MaskHeadOutput
 from framework.errors import ConfigError, DataError
 from framework.registry import SLOTS
 
@@ -319,8 +319,8 @@ class SegEarthModel(nn.Module):
         choice log-odds (``ConceptQueries.choose``), the concept given by ``concept_ids`` or else routed.
 
         The question-independent slots run once per distinct image of the batch: the encoder, the compressor and a
-        mask head's ``pixel_features`` (when it has the ``pixel_features``/``decode`` split); their outputs are
-        then gathered to the batch's rows.
+        mask head's ``pixel_features`` (when it has the ``pixel_features``/``decode`` split), and with
+        ``concept_readout: choice`` the whole mask head; their outputs are then gathered to the batch's rows.
         """
         inverse = None
         if features is None:
@@ -353,13 +353,14 @@ class SegEarthModel(nn.Module):
             if self.concept_queries is None:
                 raise ValueError("concept_ids given but the model has no model.concepts")
             teacher = self.concept_queries(concept_ids, queries)
+        asking = queries if teacher is None else teacher
         choice = self.concept_queries is not None and self.concept_queries.readout == "choice"
         if choice:
-            asking = self.concept_queries.all_queries(rows)
             chosen = self.concept_queries.route(queries) if concept_ids is None else concept_ids
-        else:
-            asking = queries if teacher is None else teacher
-        if hasattr(self.mask_head, "pixel_features"):
+            # every row of an image asks the same concept queries: the head runs once per distinct image
+            every = self.mask_head(features, self.concept_queries.all_queries(features[0].shape[0]))
+            head_out = MaskHeadOutput(masks=per_row(every.masks), aux=[per_row(a) for a in every.aux])
+        elif hasattr(self.mask_head, "pixel_features"):
             pixels = map_tensors(per_row, self.mask_head.pixel_features(features))
             head_out = self.mask_head.decode(pixels, asking)
         else:

@@ -77,6 +77,8 @@ SHARING_VARIANTS = {
         "compressor": {"name": "avg_pool", "ratio": 4},
         "llm": dict(TINY_LLM, template="<image> <question>[SEG]"),
     },
+    # the rows of an image ask the same concept queries: the whole head runs once per distinct image
+    "fpn, concept choice": {"concepts": ["water", "road", "roof"], "concept_readout": "choice"},
 }
 
 
@@ -85,8 +87,9 @@ def test_identical_images_run_the_image_only_slots_once_with_the_same_outputs_an
     model = tiny_model(**SHARING_VARIANTS[variant]).eval()
     calls = {"encoder": [], "pixels": [], "compressor": []}
     model.encoder.register_forward_hook(lambda module, args, out: calls["encoder"].append(args[0].shape[0]))
-    pixel_features = model.mask_head.pixel_features
+    pixel_features, decode = model.mask_head.pixel_features, model.mask_head.decode
     model.mask_head.pixel_features = lambda f: calls["pixels"].append(f[0].shape[0]) or pixel_features(f)
+    model.mask_head.decode = lambda p, q: calls.setdefault("decode", []).append(q.shape[0]) or decode(p, q)
     if model.compressor is not None:
         model.compressor.register_forward_hook(lambda module, args, out: calls["compressor"].append(args[0].shape[0]))
     a, b = torch.rand(2, 3, 64, 64).unbind(0)
@@ -94,6 +97,8 @@ def test_identical_images_run_the_image_only_slots_once_with_the_same_outputs_an
     questions = ["where is water?", "which roads?", "where are roofs?", "which roads?", "where is water?"]
     out = model(images, questions)
     assert calls["encoder"] == [2] and calls["pixels"] == [2]  # two distinct images
+    # each question's own query is decoded per row; the concept queries of a choice read-out once per image
+    assert calls["decode"] == [2 if model.concept_queries is not None else 5]
     assert out.image_index.tolist() == [0, 1, 0, 0, 1]  # rows grouped by image, for the competition loss
     assert calls["compressor"] == ([2] if model.compressor is not None else [])
     out.mask_logits.square().sum().backward()
