@@ -17,7 +17,7 @@ from benchmarks import ceiling, compression, deformable, evaldata, forward, ques
 from benchmarks.common import Section, machine
 from benchmarks.models import DEMO, build, faithful_config, image_size
 from benchmarks.report import markdown
-from framework.config import load_config
+from framework.core.config import load_config
 
 SECTIONS = ("ceiling", "forward", "compression", "deformable", "training", "questions", "evaldata")
 RESULTS = Path(__file__).resolve().parent / "results"

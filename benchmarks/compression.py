@@ -7,8 +7,8 @@ import torch
 
 from benchmarks.common import Section, Target, timed
 from benchmarks.models import QUESTION, postprocess
-from framework.errors import DataError
-from framework.registry import COMPRESSORS
+from framework.core.errors import DataError
+from framework.core.registry import COMPRESSORS
 
 VARIANTS: list[tuple[str, dict]] = [
     ("none", {"name": "none"}),

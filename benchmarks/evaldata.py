@@ -11,12 +11,12 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from benchmarks.common import Section, Target, seconds, timed
+from framework.core.model import upsample_logits
 from framework.data.datamodule import build_dataset
 from framework.data.samples import collate
 from framework.data.synth import write_synthetic_dataset
 from framework.data.transforms import box_mask
-from framework.metrics import ReasoningSegMetrics
-from framework.model import upsample_logits
+from framework.eval.metrics import ReasoningSegMetrics
 
 AUGMENT = {"hflip": 0.5, "vflip": 0.5, "rot90": 0.5, "color": 0.3, "scale": [0.8, 1.2]}
 DATA_DEFAULTS = {"format": "earthreason", "bands": None, "scale": "auto", "on_bad_sample": "error",

@@ -33,8 +33,9 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 import torch  # noqa: E402
 
+from framework.core.slots import SLOT_NAMES  # noqa: E402
+
 PRESETS = {"24gb": "experiments/segearth_r1/24gb.yaml", "faithful": "experiments/segearth_r1/faithful_zero2.yaml"}
-SLOTS = ("encoder", "compressor", "llm", "projector", "mask_head")
 # --smoke: the presets' training options (frozen, dtype, LoRA, checkpointing) on CPU-sized widths
 SMOKE = [
     "model.encoder.variant=nano",
@@ -63,7 +64,7 @@ QUESTIONS = [
 
 
 def load_preset(name: str, smoke: bool) -> dict[str, Any]:
-    from framework.config import load_config
+    from framework.core.config import load_config
 
     return load_config(REPO / PRESETS[name], SMOKE if smoke else [])
 
@@ -71,7 +72,7 @@ def load_preset(name: str, smoke: bool) -> dict[str, Any]:
 def build_task(cfg: dict[str, Any], device: torch.device):
     """The preset's ``SegEarthTask`` (random init, built on ``device``) and an AdamW over its trainable weights,
     with the learning rates ``configure_optimizers`` gives."""
-    from framework.task import SegEarthTask
+    from framework.train.task import SegEarthTask
 
     torch.manual_seed(0)
     with device:
@@ -106,7 +107,7 @@ def step(task, optimizer, data: dict[str, Any], device: torch.device) -> float:
     """One training step (forward, loss, backward, optimiser); returns the loss."""
     with autocast(device):
         answers = data["answer"] if task.config["loss"]["lm_weight"] > 0 else None
-        out = task.model(data["image"], data["question"], answers)
+        out = task.model(data["image"], data["question"], answers=answers)
         loss = task._loss(out, data["mask"], point_sampled=task.config["loss"]["point_sample"])["loss"]
     loss.backward()
     optimizer.step()
@@ -145,7 +146,7 @@ def breakdown(task, optimizer, data: dict[str, Any], device: torch.device) -> di
         t0 = time.perf_counter()
         with autocast(device):
             answers = data["answer"] if task.config["loss"]["lm_weight"] > 0 else None
-            out = task.model(data["image"], data["question"], answers)
+            out = task.model(data["image"], data["question"], answers=answers)
             sync(device)
             t1 = time.perf_counter()
             loss = task._loss(out, data["mask"], point_sampled=task.config["loss"]["point_sample"])["loss"]
@@ -163,7 +164,7 @@ def breakdown(task, optimizer, data: dict[str, Any], device: torch.device) -> di
             handle.remove()
         for module, part in patched:
             delattr(module, part)  # the class's method again
-    parts = {slot: round(times.get(slot, 0.0), 2) for slot in SLOTS}
+    parts = {slot: round(times.get(slot, 0.0), 2) for slot in SLOT_NAMES}
     parts["forward (other)"] = round(1000 * (t1 - t0) - sum(parts.values()), 2)
     parts.update(loss=round(1000 * (t2 - t1), 2), backward=round(1000 * (t3 - t2), 2), optimizer=round(1000 * (t4 - t3), 2))
     return parts
@@ -181,7 +182,7 @@ def step_flops(task, data: dict[str, Any], device: torch.device) -> int:
     with FlopCounterMode(display=False) as counter:
         with autocast(device):
             answers = data["answer"] if task.config["loss"]["lm_weight"] > 0 else None
-            out = task.model(data["image"], data["question"], answers)
+            out = task.model(data["image"], data["question"], answers=answers)
             loss = task._loss(out, data["mask"], point_sampled=task.config["loss"]["point_sample"])["loss"]
         loss.backward()
     task.zero_grad(set_to_none=True)
@@ -250,7 +251,7 @@ def estimate(name: str) -> dict[str, Any]:
     """``parameter_memory`` of the full-size preset, built on the meta device (no memory, no compute)."""
     cfg = load_preset(name, smoke=False)
     with torch.device("meta"):
-        from framework.task import SegEarthTask
+        from framework.train.task import SegEarthTask
 
         task = SegEarthTask(cfg)
     return {"preset": name, "config": PRESETS[name], **parameter_memory(task, cfg)}

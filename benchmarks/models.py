@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from framework.config import load_config
+from framework.core.config import load_config
+from framework.core.model import SegEarthModel, upsample_logits
+from framework.core.rows import ImagePass
 from framework.data.transforms import letterbox_geometry
-from framework.model import SegEarthModel, upsample_logits
-from framework.postprocess import unletterbox
+from framework.eval.postprocess import unletterbox
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "segearth_r1" / "earthreason.yaml"
@@ -82,7 +83,7 @@ def postprocess(mask_logits: torch.Tensor, frame: int, native: tuple[int, int], 
 
 
 def head_stages(head) -> tuple[str, str]:
-    """Stage names of a split head's ``pixel_features`` and ``decode``: Mask2Former's own, else generic."""
+    """Stage names of the head's ``pixel_features`` and ``decode``: Mask2Former's own, else generic."""
     from components.mask_heads.mask2former import Mask2FormerHead
 
     if isinstance(head, Mask2FormerHead):
@@ -96,8 +97,8 @@ def staged_forward(
 ) -> torch.Tensor:
     """``model(images, questions)`` one stage at a time, each run through ``measure(stage, fn)``; returns the
     mask logits [B,H/4,W/4] (equal to ``model(...).mask_logits``). Stages: encoder, compressor, llm, projector,
-    then the head's two parts (``head_stages``) when it splits into ``pixel_features`` + ``decode``, else "mask head",
-    then post-processing."""
+    then the head's two parts (``head_stages``: its ``pixel_features``, then the read-out's decoding), then
+    post-processing."""
     frame = images.shape[-1]
     features = measure("encoder", lambda: model.encode(images))
     tokens = None
@@ -105,13 +106,10 @@ def staged_forward(
         tokens = measure("compressor", lambda: model.compressor(features[model.compressor_level]))
     llm_out = measure("llm prefill", lambda: model.llm(questions, tokens))
     queries = measure("projector", lambda: model.projector(llm_out, features))
-    head = model.mask_head
-    if hasattr(head, "pixel_features"):
-        image_part, question_part = head_stages(head)
-        pixels = measure(image_part, lambda: head.pixel_features(features))
-        head_out = measure(question_part, lambda: head.decode(pixels, queries))
-    else:
-        head_out = measure("mask head", lambda: head(features, queries))
-    logits = head_out.masks.amax(dim=1) if head_out.masks.shape[1] > 1 else head_out.masks[:, 0]
+    image_part, question_part = head_stages(model.mask_head)
+    pixels = measure(image_part, lambda: model.mask_head.pixel_features(features))
+    seen = ImagePass(features, tokens, pixels)
+    index = torch.arange(len(questions))
+    logits = measure(question_part, lambda: model.readout(model.mask_head, seen, index, queries, None)).masks
     measure("post-processing", lambda: postprocess(logits, frame, native or (frame, frame)))
     return logits

@@ -1,6 +1,6 @@
-"""``python -m benchmarks.once_per_image [SIZE] [ROWS]``: the compressor (conv_stride 16) and Mask2Former pixel
-decoder at full-size widths on ROWS rows of one SIZE² image, rows copied vs expanded (stride 0, computed once)
-vs one row: the measured effect of ``components._broadcast`` (benchmarks/NOTES.md, change 1)."""
+"""``python -m benchmarks.once_per_image [SIZE] [ROWS]``: what the image pass saves when ROWS questions are asked of
+one SIZE² image: the compressor (conv_stride 16) and the Mask2Former pixel decoder at full-size widths, run on ROWS
+copies of the image (what a pass per question costs) vs once (``SegEarthModel.see``: once per distinct image)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import components  # noqa: F401  (registers every component)
 from benchmarks.common import timed
 from components.mask_heads.mask2former import Mask2FormerHead
-from framework.registry import COMPRESSORS
+from framework.core.registry import COMPRESSORS
 
 CHANNELS, STRIDES = [128, 256, 512, 1024], [4, 8, 16, 32]  # Swin-B's maps
 
@@ -28,8 +28,7 @@ def main(size: int = 512, rows: int = 4) -> dict[str, float]:
     results = {}
     with torch.inference_mode():
         run(one)  # warm-up
-        for name, features in [("expanded", [f.expand(rows, *f.shape[1:]) for f in one]),
-                               ("copied", [f.repeat(rows, 1, 1, 1) for f in one]), ("one row", one)]:
+        for name, features in [("per question", [f.repeat(rows, 1, 1, 1) for f in one]), ("once", one)]:
             results[name] = run(features)
             print(f"{name}: {results[name]:.2f} s", flush=True)
     return results

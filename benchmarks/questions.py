@@ -1,7 +1,6 @@
-"""Section 6: several questions about one image. The encoder runs once (``SegEarthModel.encode``); its features,
-expanded over the batch, serve every question (``forward(None, questions, features=...)``), so the compressor and
-the pixel decoder also run once per image (``components._broadcast``). Cost = encoder + that forward + the
-post-processing of every mask."""
+"""Section 6: several questions about one image. The image pass (``SegEarthModel.see``: encoder, compressor, the
+head's pixel features) runs once and serves every question (``SegEarthModel.answer`` with every question's
+``image_index`` 0). Cost = that image pass + the answers + the post-processing of every mask."""
 
 from __future__ import annotations
 
@@ -30,9 +29,7 @@ def cost(model, image: torch.Tensor, asked: list[str]) -> tuple[float, float]:
     finished = model.llm.register_forward_hook(lambda *_: llm_seconds.append(time.perf_counter()))
 
     def answer() -> None:
-        features = model.encode(image)
-        shared = [f.expand(len(asked), *f.shape[1:]) for f in features]
-        out = model(None, asked, features=shared)
+        out = model.answer(model.see(image), asked, torch.zeros(len(asked), dtype=torch.long))
         postprocess(out.mask_logits, size, (size, size))
 
     try:

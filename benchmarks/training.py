@@ -11,8 +11,8 @@ import torch
 
 from benchmarks.common import Section, peak_rss_mib, reset_peak_rss, rss_mib, seconds
 from benchmarks.models import DEMO, QUESTION
-from framework.config import load_config
-from framework.task import SegEarthTask
+from framework.core.config import load_config
+from framework.train.task import SegEarthTask
 from tests.tiny import tiny_config, write_config
 
 
@@ -37,7 +37,7 @@ def step_cost(task: SegEarthTask, size: int, batch: int, repeat: int) -> dict[st
     task.train()
 
     def step() -> None:
-        out = task.model(images, questions, answers if loss_cfg["lm_weight"] > 0 else None)
+        out = task.model(images, questions, answers=answers if loss_cfg["lm_weight"] > 0 else None)
         task._loss(out, masks, point_sampled=loss_cfg["point_sample"])["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 _DIRECTORY_FILES = ("model.safetensors", "pytorch_model.bin")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 
 def square_side(ratio: int, where: str) -> int:

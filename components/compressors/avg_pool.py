@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from components._broadcast import once_per_image
 from components.compressors._mlp import token_mlp
 from components.compressors._ratio import square_side
-from framework.contracts import Compressor
-from framework.registry import COMPRESSORS
+from framework.core.contracts import Compressor
+from framework.core.registry import COMPRESSORS
 
 
 @COMPRESSORS.register("avg_pool")
@@ -28,7 +27,6 @@ class AvgPoolCompressor(Compressor):
     def num_tokens(self, h: int, w: int) -> int:
         return -(-h // self.kernel) * -(-w // self.kernel)
 
-    @once_per_image
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         pooled = F.avg_pool2d(feature, self.kernel, ceil_mode=True)
         return self.mlp(pooled.flatten(2).transpose(1, 2))

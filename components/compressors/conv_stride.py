@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from components.compressors._ratio import halvings
-from components._broadcast import once_per_image
-from framework.contracts import Compressor
-from framework.registry import COMPRESSORS
+from framework.core.contracts import Compressor
+from framework.core.registry import COMPRESSORS
 
 
 @COMPRESSORS.register("conv_stride")
@@ -38,7 +37,6 @@ class ConvStrideCompressor(Compressor):
             h, w = -(-h // 2), -(-w // 2)
         return h * w
 
-    @once_per_image
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         return self.body(feature).flatten(2).transpose(1, 2)
 

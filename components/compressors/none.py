@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components._broadcast import once_per_image
-from framework.contracts import Compressor
-from framework.registry import COMPRESSORS
+from framework.core.contracts import Compressor
+from framework.core.registry import COMPRESSORS
 
 
 @COMPRESSORS.register("none")
@@ -21,7 +20,6 @@ class NoCompression(Compressor):
     def num_tokens(self, h: int, w: int) -> int:
         return h * w
 
-    @once_per_image
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         return self.proj(feature.flatten(2).transpose(1, 2))
 

@@ -6,10 +6,9 @@ import torch
 from torch import nn
 
 from components._attention import PerceiverFusion, sine_position_encoding_2d
-from components._broadcast import once_per_image
-from framework.contracts import Compressor
-from framework.errors import ConfigError
-from framework.registry import COMPRESSORS
+from framework.core.contracts import Compressor
+from framework.core.errors import ConfigError
+from framework.core.registry import COMPRESSORS
 
 
 @COMPRESSORS.register("perceiver")
@@ -45,7 +44,6 @@ class PerceiverCompressor(Compressor):
     def num_tokens(self, h: int, w: int) -> int:
         return self.token_count
 
-    @once_per_image
     def forward(self, feature: torch.Tensor) -> torch.Tensor:
         b, _, h, w = feature.shape
         media = self.input_proj(feature.flatten(2).transpose(1, 2))  # [B,h*w,dim]

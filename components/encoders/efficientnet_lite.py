@@ -13,9 +13,9 @@ from pathlib import Path
 import timm
 import torch
 
-from framework.contracts import Encoder
-from framework.errors import ConfigError
-from framework.registry import ENCODERS
+from framework.core.contracts import Encoder
+from framework.core.errors import ConfigError
+from framework.core.registry import ENCODERS
 
 VARIANTS = (0, 1, 2)
 # Keys of timm's classification head: present in a full checkpoint, absent from the feature extractor by design.

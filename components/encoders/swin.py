@@ -26,9 +26,9 @@ from timm.models.swin_transformer import SwinTransformerBlock, window_partition,
 from torch import nn
 
 from components._checkpoint import load_into, read_state_dict
-from framework.contracts import Encoder
-from framework.errors import ConfigError
-from framework.registry import ENCODERS
+from framework.core.contracts import Encoder
+from framework.core.errors import ConfigError
+from framework.core.registry import ENCODERS
 
 WHERE = "encoder.weights (swin)"
 

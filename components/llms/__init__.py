@@ -1,4 +1,4 @@
-"""llms: every module here registers itself into framework.registry on import."""
+"""llms: every module here registers itself into framework.core.registry on import."""
 
 from components._discover import import_all
 

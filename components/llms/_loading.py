@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from components.llms._byte_tokenizer import byte_tokenizer
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from framework.errors import ConfigError, DataError
+from framework.core.errors import ConfigError, DataError
 
 IMAGE, QUESTION, SEG, ANSWER, EOS = "<image>", "<question>", "[SEG]", "<answer>", "<eos>"
 _TAG_SPLIT = re.compile("(" + "|".join(re.escape(tag) for tag in (IMAGE, QUESTION, SEG, ANSWER, EOS)) + ")")

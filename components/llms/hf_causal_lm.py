@@ -19,9 +19,9 @@ from components.llms._prompt import (
     parse_answer,
     parse_prompt,
 )
-from framework.contracts import LanguageModel, LLMOutput
-from framework.errors import ConfigError, DataError
-from framework.registry import LLMS
+from framework.core.contracts import LanguageModel, LLMOutput
+from framework.core.errors import ConfigError, DataError
+from framework.core.registry import LLMS
 
 DEFAULT_SYSTEM = (
     "You are a helpful language and vision assistant. You are able to understand the visual content that the user "

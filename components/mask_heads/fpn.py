@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.mask_heads._readout import query_embedding
-from framework.contracts import MaskHead, MaskHeadOutput
-from framework.registry import MASK_HEADS
+from framework.core.contracts import MaskHead, MaskHeadOutput
+from framework.core.registry import MASK_HEADS
 
 
 @MASK_HEADS.register("fpn")
@@ -60,9 +60,6 @@ class FPNMaskHead(MaskHead):
         )
         self.mask_embed = query_embedding(query_dim, dim)
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
-
-    def forward(self, features: list[torch.Tensor], queries: torch.Tensor) -> MaskHeadOutput:
-        return self.decode(self.pixel_features(features), queries)
 
     def pixel_features(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per level, coarsest first, [B,dim,h_i,w_i]: the lateral projections (``film``) or the FPN's outputs."""

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.mask_heads._readout import query_embedding
-from framework.contracts import MaskHead, MaskHeadOutput
-from framework.registry import MASK_HEADS
+from framework.core.contracts import MaskHead, MaskHeadOutput
+from framework.core.registry import MASK_HEADS
 
 
 @MASK_HEADS.register("linear")
@@ -49,9 +49,6 @@ class LinearMaskHead(MaskHead):
         self.project = nn.ModuleList(nn.Conv2d(c, dim, kernel_size=1) for c in in_channels)
         self.mask_embed = query_embedding(query_dim, dim)
         self.bias = nn.Parameter(torch.tensor(float(init_bias)))
-
-    def forward(self, features: list[torch.Tensor], queries: torch.Tensor) -> MaskHeadOutput:
-        return self.decode(self.pixel_features(features), queries)
 
     def pixel_features(self, features: list[torch.Tensor]) -> torch.Tensor:
         """[B,dim,H/s_0,W/s_0]: the summed per-level projections at the finest level's size."""

@@ -24,11 +24,10 @@ from transformers.models.mask2former.modeling_mask2former import (
     Mask2FormerSinePositionEmbedding,
 )
 
-from components._broadcast import expand_rows, repeats_one_image
 from components._checkpoint import load_into, read_state_dict
-from framework.contracts import MaskHead, MaskHeadOutput
-from framework.errors import ConfigError
-from framework.registry import MASK_HEADS
+from framework.core.contracts import MaskHead, MaskHeadOutput
+from framework.core.errors import ConfigError
+from framework.core.registry import MASK_HEADS
 
 WHERE = "mask_head.weights (mask2former)"
 NUM_LEVELS = 3  # fixed in transformers' pixel decoder: deformable attention over the 3 coarsest maps
@@ -127,29 +126,15 @@ class Mask2FormerHead(MaskHead):
             "heads": 4,
         }
 
-    def forward(self, features: list[torch.Tensor], queries: torch.Tensor) -> MaskHeadOutput:
-        """features: the encoder's maps, finest first; queries [B,Q,hidden_dim].
-
-        Returns masks [B,Q,H/s_0,W/s_0] after the last decoder layer; aux: the prediction before the first layer
-        and after each earlier one (dec_layers in all).
-        """
-        return self.decode(self.pixel_features(features), queries)
-
     def pixel_features(self, features: list[torch.Tensor]) -> Mask2FormerPixelDecoderOutput:
-        """The pixel decoder (question-independent): ``multi_scale_features`` (coarsest first, [B,hidden_dim,h,w])
-        and ``mask_features`` [B,mask_dim,H/s_0,W/s_0]. Features that repeat one image over the batch (stride-0
-        rows, see ``components._broadcast``) are decoded once and the outputs expanded."""
-        if repeats_one_image(*features):
-            rows = features[0].shape[0]
-            one = self.pixel_decoder([f[:1] for f in features])
-            return Mask2FormerPixelDecoderOutput(
-                multi_scale_features=tuple(expand_rows(level, rows) for level in one.multi_scale_features),
-                mask_features=expand_rows(one.mask_features, rows),
-            )
+        """The pixel decoder over the encoder's maps (finest first; question-independent): ``multi_scale_features``
+        (coarsest first, [B,hidden_dim,h,w]) and ``mask_features`` [B,mask_dim,H/s_0,W/s_0]."""
         return self.pixel_decoder(list(features))
 
     def decode(self, pixels: Mask2FormerPixelDecoderOutput, queries: torch.Tensor) -> MaskHeadOutput:
-        """The masked-attention transformer decoder over ``pixel_features``' output, queried by ``queries``."""
+        """The masked-attention transformer decoder over ``pixel_features``' output, queried by ``queries``
+        [B,Q,hidden_dim]: masks [B,Q,H/s_0,W/s_0] after the last decoder layer; aux: the prediction before the first
+        layer and after each earlier one (dec_layers in all)."""
         levels = pixels.multi_scale_features  # coarsest first: the decoder's round-robin starts at stride 32
         keys, key_positions = [], []  # each [h*w,B,C]
         for i, level in enumerate(levels):

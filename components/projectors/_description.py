@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from components._attention import PerceiverFusion
-from framework.contracts import LLMOutput, Projector
-from framework.errors import ConfigError
+from framework.core.contracts import LLMOutput, Projector
+from framework.core.errors import ConfigError
 
 
 def resolve_levels(levels: Sequence[int], num_levels: int, where: str) -> list[int]:

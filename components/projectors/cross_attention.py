@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from components.projectors._description import DescriptionCrossAttention, resolve_levels
-from framework.registry import PROJECTORS
+from framework.core.registry import PROJECTORS
 
 
 @PROJECTORS.register("cross_attention")

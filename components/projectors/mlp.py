@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from framework.contracts import LLMOutput, Projector
-from framework.registry import PROJECTORS
+from framework.core.contracts import LLMOutput, Projector
+from framework.core.registry import PROJECTORS
 
 
 @PROJECTORS.register("mlp")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from framework.contracts import LLMOutput, Projector
-from framework.errors import ConfigError
-from framework.registry import PROJECTORS
+from framework.core.contracts import LLMOutput, Projector
+from framework.core.errors import ConfigError
+from framework.core.registry import PROJECTORS
 
 
 @PROJECTORS.register("prototype_mix")

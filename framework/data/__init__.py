@@ -1,1 +1,3 @@
-"""Datasets: on-disk formats, the synthetic demo scene generator, transforms and the datamodule."""
+"""Data: the registered dataset formats (EarthReason, RRSIS-D, RefSegRS, manifests), reading images, masks and
+GeoTIFFs, letterboxing, question-aware augmentation, training order and image grouping, the datamodule, and the
+dataset makers (the synthetic scene generator, the Dubai converter)."""

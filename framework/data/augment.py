@@ -36,11 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from framework.errors import ConfigError
-
-PROBABILITY_KEYS = ("hflip", "vflip", "rot90", "color")
-AUGMENT_KEYS = (*PROBABILITY_KEYS, "scale", "translate", "keep_target", "directional")
-DIRECTIONAL_MODES = ("rewrite", "skip")
+from framework.core.config import check_augment
 
 Vector = tuple[int, int]  # (down, right) in image axes, each -1, 0 or 1
 
@@ -183,22 +179,6 @@ def _applied_geometry(applied: list[tuple[str, dict[str, Any]]]) -> Geometry:
     return Geometry("HorizontalFlip" in names, "VerticalFlip" in names, turns)
 
 
-def _check_probability(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ConfigError(f"data.augment.{key}: expected a probability in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_scale(value: object) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    numbers = isinstance(value, (list, tuple)) and len(value) == 2
-    numbers = numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    if not numbers or not 0 < value[0] <= value[1]:
-        raise ConfigError(f"data.augment.scale: expected [low, high] zoom factors with 0 < low <= high, got {value!r}")
-    return float(value[0]), float(value[1])
-
-
 class QuestionAwareAugment:
     """Augments one native sample: ``image`` uint8 [H,W,3] and ``mask`` bool [H,W] in, the same out (H and W
     swap after an odd quarter turn), with the question and answer rewritten to the new geometry.
@@ -218,20 +198,13 @@ class QuestionAwareAugment:
         keep_target: bool = True,
         directional: str = "rewrite",
     ) -> None:
-        given = zip(PROBABILITY_KEYS, (hflip, vflip, rot90, color))
-        self.hflip, self.vflip, self.rot90, self.color = (_check_probability(k, v) for k, v in given)
-        if directional not in DIRECTIONAL_MODES:
-            raise ConfigError(
-                f"data.augment.directional: expected one of {', '.join(DIRECTIONAL_MODES)}, got {directional!r}"
-            )
-        self.scale = _check_scale(scale)
-        if isinstance(translate, bool) or not isinstance(translate, (int, float)) or not 0 <= translate < 1:
-            raise ConfigError(f"data.augment.translate: expected a fraction in [0, 1), got {translate!r}")
-        if not isinstance(keep_target, bool):
-            raise ConfigError(f"data.augment.keep_target: expected true or false, got {keep_target!r}")
-        self.translate = float(translate)
-        self.keep_target = keep_target
-        self.directional = directional
+        options = check_augment(
+            dict(hflip=hflip, vflip=vflip, rot90=rot90, color=color, scale=scale, translate=translate,
+                 keep_target=keep_target, directional=directional)
+        )
+        self.hflip, self.vflip, self.rot90, self.color = (options[k] for k in ("hflip", "vflip", "rot90", "color"))
+        self.scale, self.translate = options["scale"], options["translate"]
+        self.keep_target, self.directional = options["keep_target"], options["directional"]
         self._full = self._compose(flips=True, quarter_turns=True, zoom=True)
         self._without_quarter_turns = self._compose(flips=True, quarter_turns=False, zoom=True)
         self._colour_only = self._compose(flips=False, quarter_turns=False, zoom=False)
@@ -294,12 +267,7 @@ class QuestionAwareAugment:
 
 
 def augment_from_config(cfg: dict[str, Any] | None) -> QuestionAwareAugment | None:
-    """The augmentation of ``data.augment``; None when it is empty. Unknown keys and bad values: ConfigError."""
-    if not cfg:
-        return None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"data.augment: expected a mapping with keys {', '.join(AUGMENT_KEYS)}, got {cfg!r}")
-    unknown = [key for key in cfg if key not in AUGMENT_KEYS]
-    if unknown:
-        raise ConfigError(f"data.augment: unknown key {unknown[0]!r}; valid: {', '.join(AUGMENT_KEYS)}")
-    return QuestionAwareAugment(**cfg)
+    """The augmentation of ``data.augment``; None when it is empty. Unknown keys and bad values: ConfigError
+    (``framework.core.config.check_augment``)."""
+    options = check_augment(cfg)
+    return None if options is None else QuestionAwareAugment(**options)

@@ -10,12 +10,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+import framework.data.formats  # noqa: F401  (registers the built-in formats)
+from framework.core.errors import ConfigError, DataError
+from framework.core.registry import DATASETS
 from framework.data.augment import augment_from_config
 from framework.data.grouping import ImageGroups, collate_groups
 from framework.data.samples import collate
 from framework.data.sampling import training_loader
-from framework.errors import ConfigError, DataError
-from framework.registry import DATASETS
 
 
 class ShuffledQuestions(Dataset):
@@ -46,8 +47,6 @@ class ShuffledQuestions(Dataset):
 def build_dataset(data_cfg: dict[str, Any], split: str, questions: str, augmented: bool = False) -> Dataset:
     """The registered dataset format of ``data_cfg`` for one split; with ``augmented``, items follow
     ``data_cfg['augment']`` (checked before any file is read)."""
-    import framework.data.formats  # noqa: F401  (registers the built-in formats)
-
     augment = augment_from_config(data_cfg.get("augment")) if augmented else None
     if not data_cfg.get("root"):
         raise ConfigError("data.root is not set (the folder that holds the dataset)")

@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from framework.core.errors import DataError
 from framework.data.earthreason import prepare_split_folders
-from framework.errors import DataError
 
 SPLIT_TILES: dict[str, tuple[int, ...]] = {"train": (1, 2, 3, 4, 5), "val": (6,)}
 SPLITS = tuple(SPLIT_TILES)

@@ -10,9 +10,9 @@ import json
 import shutil
 from pathlib import Path
 
+from framework.core.errors import DataError
+from framework.core.registry import DATASETS
 from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset
-from framework.errors import DataError
-from framework.registry import DATASETS
 
 __all__ = ["NO_TARGET_ANSWER", "EarthReasonDataset"]
 

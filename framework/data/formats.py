@@ -1,3 +1,3 @@
-"""Importing this module registers every built-in dataset format with ``framework.registry.DATASETS``."""
+"""Importing this module registers every built-in dataset format with ``framework.core.registry.DATASETS``."""
 
 from framework.data import earthreason, manifest, refsegrs, rrsisd  # noqa: F401

@@ -20,8 +20,8 @@ from collections import defaultdict
 import torch
 from torch.utils.data import Dataset
 
+from framework.core.errors import ConfigError
 from framework.data.samples import SampleDataset, collate
-from framework.errors import ConfigError
 
 
 class ImageGroups(Dataset):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from framework.errors import ConfigError, DataError
+from framework.core.errors import ConfigError, DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
@@ -79,7 +79,7 @@ def read_image(path: str | Path, bands: list[int] | None = None, scale: str | fl
 
 def raster_to_rgb(raster: Raster, path: Path, bands: list[int] | None, scale: str | float) -> np.ndarray:
     """A decoded file -> uint8 [H,W,3] RGB by ``bands`` and ``scale`` as in ``read_image`` (``path`` names the
-    file in messages); shared with readers that decode with other libraries (``framework.geo``: rasterio)."""
+    file in messages); shared with readers that decode with other libraries (``framework.data.geo``: rasterio)."""
     data, alpha = raster.array, raster.alpha
     if raster.palette is not None:
         data, alpha = np.take(raster.palette, data, axis=0, mode="clip"), False

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from framework.core.errors import DataError
+from framework.core.registry import DATASETS
 from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset, first_question_only
-from framework.errors import DataError
-from framework.registry import DATASETS
 
 REQUIRED = ("image", "mask", "question")
 OPTIONAL = ("answer", "concept")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from framework.core.errors import DataError
+from framework.core.registry import DATASETS
 from framework.data.samples import MaskFile, Sample, SampleDataset, first_question_only
-from framework.errors import DataError
-from framework.registry import DATASETS
 
 LINE = re.compile(r"(\d+)\s+(\S.*)")  # matched against the stripped line
 

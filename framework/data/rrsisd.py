@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from framework.core.errors import DataError
+from framework.core.registry import DATASETS
 from framework.data.samples import Sample, SampleDataset
-from framework.errors import DataError
-from framework.registry import DATASETS
 
 REFS_FILE = Path("rrsisd") / "refs(unc).p"
 INSTANCES_FILE = Path("rrsisd") / "instances.json"

@@ -29,16 +29,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from framework.core.config import BAD_SAMPLE_MODES, QUESTION_MODES
+from framework.core.errors import ConfigError, DataError
 from framework.data.augment import QuestionAwareAugment
 from framework.data.images import check_bands, check_scale, read_image, read_mask
 from framework.data.transforms import letterbox_image, letterbox_mask
-from framework.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 NO_TARGET_ANSWER = "There is no target object in the image."
-QUESTION_MODES = ("all", "first")
-BAD_SAMPLE_MODES = ("error", "skip")
 
 
 class MaskSource(Protocol):
@@ -87,8 +86,9 @@ def first_question_only(samples: list[Sample]) -> list[Sample]:
 class SampleDataset(Dataset):
     """Base of the registered formats. Items: ``image`` [3,S,S] float in [0,1] letterboxed, ``mask`` [S,S] uint8
     {0,1}, ``box`` (top, left, h, w) of the image in the frame, ``question``, ``answer``, ``id`` (= index),
-    ``stem``, ``concept``, ``native_mask`` (bool [H0,W0], the mask at the image's own size; batch it with
-    ``collate``)."""
+    ``stem``, ``concept``, ``native_mask`` (bool [H0,W0], the mask at the image's own size) and ``image_key`` (equal
+    for items whose ``image`` is the same: the same file, with the same augmentation draw); batch them with
+    ``collate``."""
 
     def __init__(
         self,
@@ -173,8 +173,11 @@ class SampleDataset(Dataset):
         sample = self.samples[index]
         image, mask = self.load(sample)
         question, answer = sample.question, sample.answer
+        # samples of one image file (symlinks resolved) share the letterboxed image unless augmented differently
+        image_key = os.path.realpath(sample.image)
         if self.augment is not None:
             seed = int(torch.randint(2**31, (1,))) if augment_seed is None else augment_seed
+            image_key = f"{image_key}#{seed}"
             image, mask, question, answer = self.augment(image, mask, question, answer, seed)
             if sample.has_target and sample.answer and not mask.any():  # cropped away (augment.keep_target: false)
                 answer = NO_TARGET_ANSWER
@@ -189,6 +192,7 @@ class SampleDataset(Dataset):
             "stem": sample.stem,
             "concept": sample.concept,
             "native_mask": torch.from_numpy(mask),  # bool [H0,W0] as trained on; sizes differ: collated as a list
+            "image_key": image_key,
         }
 
     def __getitem__(self, index: int, augment_seed: int | None = None) -> dict:
@@ -213,8 +217,18 @@ class SampleDataset(Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    """``default_collate``, except ``native_mask``, whose sizes differ per image: kept as a list of tensors."""
+    """A batch of B questions about U distinct images: ``image`` [U,3,S,S] (each distinct image once, in order of
+    first occurrence), ``image_index`` [B] (the image each question asks about: items with equal ``image_key``
+    share one), ``native_mask`` a list of B tensors (their sizes differ), everything else ``default_collate``'d."""
     native = [item.pop("native_mask") for item in items]
+    keys = [item.pop("image_key") for item in items]
+    pixels = [item.pop("image") for item in items]
+    first: dict[str, int] = {}  # image key -> position of its first item, in order of first occurrence
+    for position, key in enumerate(keys):
+        first.setdefault(key, position)
+    order = {key: n for n, key in enumerate(first)}
     batch = default_collate(items)
+    batch["image"] = torch.stack([pixels[position] for position in first.values()])
+    batch["image_index"] = torch.tensor([order[key] for key in keys])
     batch["native_mask"] = native
     return batch

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from benchmarks.gpu_train import PRESETS, SLOTS, main
+from benchmarks.gpu_train import PRESETS, main
+from framework.core.slots import SLOT_NAMES
 
 
 def test_smoke_run_writes_json_and_table(tmp_path):
@@ -17,7 +18,7 @@ def test_smoke_run_writes_json_and_table(tmp_path):
     for result in report["results"]:
         assert result["finite_losses"] and result["samples_per_s"] > 0 and result["tflop_per_step"] > 0
         parts = result["breakdown_ms"]
-        assert set(SLOTS) | {"loss", "backward", "optimizer"} <= set(parts)
+        assert set(SLOT_NAMES) | {"loss", "backward", "optimizer"} <= set(parts)
         assert all(parts[k] > 0 for k in ("encoder", "compressor", "llm", "projector", "mask_head", "backward"))
         assert f"| {result['preset']} | 1 | {result['samples_per_s']} |" in table
     lora, full = (report["results"][i]["slots"]["llm"] for i in (0, 1))

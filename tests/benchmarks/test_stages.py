@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks.models import staged_forward
-from framework.model import SegEarthModel
+from framework.core.model import SegEarthModel
 from tests.tiny import TINY
 
 WITH_MASK2FORMER = {

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 import components  # noqa: F401  (registers every component)
-from framework.contracts import LLMOutput, MaskHeadOutput
-from framework.model import map_tensors
-from framework.registry import SLOTS
+from framework.core.contracts import LLMOutput, MaskHeadOutput
+from framework.core.model import map_tensors
+from framework.core.registry import SLOTS
 
 FEATURE_CHANNELS = [16, 24, 40, 80]
 FEATURE_STRIDES = [4, 8, 16, 32]

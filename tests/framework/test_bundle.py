@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from framework.bundle import WEIGHTS_FILE, open_bundle
+from framework.infer.bundle import WEIGHTS_FILE, open_bundle
 from framework.cli import main
-from framework.config import load_config
-from framework.errors import UserError
-from framework.predict import load_model
-from framework.task import SegEarthTask
+from framework.core.config import load_config
+from framework.core.errors import UserError
+from framework.infer.predictor import load_model
+from framework.train.task import SegEarthTask
 from tests.tiny import tiny_config, write_config
 
 QUESTION = "Where could a seaplane land?"

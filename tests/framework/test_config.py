@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framework.config import load_config, save_config
-from framework.errors import ConfigError
+from framework.core.config import load_config, save_config
+from framework.core.errors import ConfigError
 
 BASE = """
 name: base

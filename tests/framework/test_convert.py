@@ -21,11 +21,11 @@ from components.encoders.swin import SwinEncoder
 from components.mask_heads.mask2former import Mask2FormerHead
 import yaml
 
-from framework.bundle import open_bundle
+from framework.infer.bundle import open_bundle
 from framework.cli import main
-from framework.convert import add_convert_parser, convert_mask2former, convert_segearth_r1, read_detectron2_checkpoint
-from framework.errors import ConfigError
-from framework.predict import load_model
+from framework.infer.convert import add_convert_parser, convert_mask2former, convert_segearth_r1, read_detectron2_checkpoint
+from framework.core.errors import ConfigError
+from framework.infer.predictor import load_model
 
 STRIDES = [4, 8, 16, 32]
 PIX, PRED = "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
@@ -407,7 +407,7 @@ def write_r1_checkpoint(folder: Path, shapes: dict[str, tuple], seed: int = 0) -
 
 def r1_config(folder: Path, **projector) -> Path:
     """The faithful config (experiments/segearth_r1) scaled down: swin nano, small head, projector and frame."""
-    from framework.convert import FAITHFUL_CONFIG
+    from framework.infer.convert import FAITHFUL_CONFIG
 
     cfg = {
         "base": str(FAITHFUL_CONFIG),

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from framework.cli import main
-from framework.config import load_config
+from framework.core.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
-from framework.task import SegEarthTask
+from framework.train.task import SegEarthTask
 from tests.tiny import tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[2]

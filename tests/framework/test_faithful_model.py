@@ -16,11 +16,11 @@ import lightning as L
 import pytest
 import torch
 
-from framework.config import load_config
+from framework.core.config import load_config
 from framework.data.transforms import letterbox_geometry
-from framework.model import upsample_logits
-from framework.postprocess import unletterbox
-from framework.task import SegEarthTask
+from framework.core.model import upsample_logits
+from framework.eval.postprocess import unletterbox
+from framework.train.task import SegEarthTask
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from shapely.geometry import shape
 
-from framework.errors import DataError
-from framework.geo import GeoReference, atomic_output, mask_geojson, read_geotiff, write_json, write_mask_geotiff
+from framework.core.errors import DataError
+from framework.data.geo import GeoReference, atomic_output, mask_geojson, read_geotiff, write_json, write_mask_geotiff
 
 UTM = CRS.from_epsg(32640)  # WGS 84 / UTM 40N (Dubai)
 TRANSFORM = from_origin(300000.0, 2780000.0, 0.5, 0.5)  # 0.5 m pixels, north up

@@ -1,6 +1,6 @@
 import torch
 
-from framework.losses import (
+from framework.train.losses import (
     competition_loss,
     dice_loss,
     mask_loss,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework.metrics import PR_THRESHOLDS, ReasoningSegMetrics, iou_per_sample
+from framework.eval.metrics import PR_THRESHOLDS, ReasoningSegMetrics, iou_per_sample
 
 
 def numpy_reference(preds: np.ndarray, targets: np.ndarray) -> dict:

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from framework.errors import ConfigError
-from framework.model import SegEarthModel
+from framework.core.errors import ConfigError
+from framework.core.model import SegEarthModel
 from tests.tiny import TINY_LLM, tiny_config
 
 
@@ -132,7 +132,7 @@ def test_concept_queries_ask_the_head_in_training_instead_of_the_projector():
 
 
 def test_concept_choice_is_the_log_odds_of_the_concept_winning_the_pixel():
-    from framework.model import ConceptQueries
+    from framework.core.model import ConceptQueries
 
     masks = torch.randn(4, 3, 5, 6, dtype=torch.float64) * 4
     ids = torch.tensor([0, 2, 1, 2])
@@ -169,7 +169,7 @@ def test_concept_choice_routes_each_question_to_its_nearest_concept():
 
 
 def test_concept_query_errors():
-    from framework.errors import DataError
+    from framework.core.errors import DataError
 
     model = tiny_model(concepts=["water", "road"])
     with pytest.raises(DataError, match=r"'', 'field', not in \['water', 'road'\].*names none"):

@@ -6,7 +6,7 @@ from PIL import Image
 
 from framework.data.datamodule import build_dataset
 from framework.data.synth import write_synthetic_dataset
-from framework.overlays import GT_COLOUR, PRED_COLOUR, PRED_FILL_ALPHA, outline, render_overlay, write_overlays
+from framework.eval.overlays import GT_COLOUR, PRED_COLOUR, PRED_FILL_ALPHA, outline, render_overlay, write_overlays
 
 
 def rectangle(shape, top, left, bottom, right):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from framework.data.transforms import letterbox_geometry, letterbox_mask
-from framework.postprocess import resample_to_original, unletterbox, unletterbox_probabilities
+from framework.eval.postprocess import resample_to_original, unletterbox, unletterbox_probabilities
 
 
 def blobs(height: int, width: int, seed: int) -> np.ndarray:

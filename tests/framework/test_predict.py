@@ -16,12 +16,12 @@ from rasterio.transform import from_origin
 from shapely.geometry import box, shape
 
 from framework.cli import main
-from framework.config import load_config
+from framework.core.config import load_config
 from framework.data.transforms import letterbox_image
-from framework.errors import DataError
-from framework.model import SegEarthModel
-from framework.postprocess import unletterbox_probabilities
-from framework.predict import Predictor, load_model
+from framework.core.errors import DataError
+from framework.core.model import SegEarthModel
+from framework.eval.postprocess import unletterbox_probabilities
+from framework.infer.predictor import Predictor, load_model
 from tests.framework.test_bundle import tiny_experiment, write_checkpoint
 
 QUESTIONS = ["Where could a seaplane land?", "Which areas are paved?", "Where do trees grow?"]

@@ -1,7 +1,7 @@
 import pytest
 
-from framework.errors import ConfigError
-from framework.registry import Registry
+from framework.core.errors import ConfigError
+from framework.core.registry import Registry
 
 
 class Widget:

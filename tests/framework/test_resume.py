@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.checkpointing import AtomicCheckpointIO
+from framework.train.checkpointing import AtomicCheckpointIO
 from framework.cli import main
-from framework.config import load_config
+from framework.core.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
 from tests.tiny import tiny_config, write_config
@@ -100,7 +100,7 @@ def test_killed_run_resumes_to_the_same_result(config, tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from framework.checkpointing import AtomicCheckpointIO
+    from framework.train.checkpointing import AtomicCheckpointIO
     io, n = AtomicCheckpointIO(), 0
     while True:  # 16 MB per save: the kill below waits for a save in progress
         n += 1

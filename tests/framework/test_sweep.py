@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from framework.cli import main
-from framework.errors import ConfigError
-from framework.model import check_model_config
-from framework.sweep_spec import apply_params, load_sweep, sample
+from framework.core.errors import ConfigError
+from framework.core.model import check_model_config
+from framework.sweep.spec import apply_params, load_sweep, sample
 from tests.tiny import tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[2]

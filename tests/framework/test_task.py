@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from framework import losses
-from framework.config import load_config
+from framework.core.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import CLASS_CONCEPTS, RELATIONAL_CONCEPTS, write_synthetic_dataset
-from framework.postprocess import unletterbox
-from framework.task import SegEarthTask
-from framework.tta import averaged_output
+from framework.eval.postprocess import unletterbox
+from framework.train.task import SegEarthTask
+from framework.eval.tta import averaged_output
 from tests.tiny import tiny_config, write_config
 
 
@@ -210,7 +210,7 @@ def test_concept_queries_train_the_projector_only_through_the_query_regression(s
 
 
 def test_concept_choice_test_rows_name_the_concept_that_answered(synth_root, tmp_path):
-    from framework.report import concept_table
+    from framework.eval.report import concept_table
 
     cfg = _resolved(tiny_config(data={"root": str(synth_root), "eval_batch_size": 3}))
     cfg["model"].update(concepts=list(CLASS_CONCEPTS + RELATIONAL_CONCEPTS), concept_readout="choice")

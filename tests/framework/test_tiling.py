@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from framework.errors import ConfigError
-from framework.tiling import TileBlender, axis_origins, axis_window
+from framework.core.errors import ConfigError
+from framework.infer.tiling import TileBlender, axis_origins, axis_window
 
 
 @pytest.mark.parametrize(("length", "tile", "overlap"), [(6000, 2048, 512), (100, 32, 8), (33, 32, 8), (32, 32, 8)])

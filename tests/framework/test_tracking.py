@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from framework.cli import main
-from framework.config import load_config
-from framework.errors import UserError
-from framework.tracking import LOCAL_STORE, SERVER_TIMEOUT_S, make_logger
+from framework.core.config import load_config
+from framework.core.errors import UserError
+from framework.track.mlflow_run import LOCAL_STORE, SERVER_TIMEOUT_S, make_logger
 from tests.tiny import tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,7 +98,7 @@ def test_fit_run_records_params_tags_metrics_and_artifacts(recorded):
     assert len(images) == 4 and {s for _, s in keys_steps} == val_steps  # 2 samples x 2 validations
     assert all(k.startswith("val_overlay_") for k, _ in keys_steps)
     local = client.download_artifacts(run.info.run_id, images[0])
-    with Image.open(local) as overlay:  # the image over a caption band, as framework.overlays draws it
+    with Image.open(local) as overlay:  # the image over a caption band, as framework.eval.overlays draws it
         assert overlay.width == 64 and overlay.height > 64
 
 

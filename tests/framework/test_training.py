@@ -8,15 +8,15 @@ import lightning as L
 import pytest
 import torch
 
-from framework.checkpointing import checkpoint_callbacks
-from framework.config import load_config
+from framework.train.checkpointing import checkpoint_callbacks
+from framework.core.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
-from framework.errors import ConfigError
-from framework.model import SegEarthModel
-from framework.run import _trainer_kwargs
-from framework.task import SegEarthTask
-from framework.training import NonFiniteLoss, build_strategy, fit_trainer_kwargs
+from framework.core.errors import ConfigError
+from framework.core.model import SegEarthModel
+from framework.train.fit import _trainer_kwargs
+from framework.train.task import SegEarthTask
+from framework.train.strategies import NonFiniteLoss, build_strategy, fit_trainer_kwargs
 from tests.tiny import tiny_config, write_config
 
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from framework.config import load_config
+from framework.core.config import load_config
 from framework.data.augment import Geometry
-from framework.errors import ConfigError
-from framework.model import SegEarthModel
-from framework.predict import Predictor, predict_options
-from framework.tta import TTA_MODES, ViewAverage, averaged_output, from_view, questions_in_view, to_view, tta_views
+from framework.core.errors import ConfigError
+from framework.core.model import SegEarthModel
+from framework.infer.predictor import Predictor, predict_options
+from framework.eval.tta import TTA_MODES, ViewAverage, averaged_output, from_view, questions_in_view, to_view, tta_views
 from tests.framework.test_bundle import tiny_experiment
 from tests.tiny import tiny_config, write_config
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from framework.bundle import checkpoint_config, load_checkpoint_model
-from framework.config import load_config, with_defaults
+from framework.infer.bundle import checkpoint_config, load_checkpoint_model
+from framework.core.config import load_config, with_defaults
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
-from framework.errors import ConfigError
-from framework.model import SegEarthModel
-from framework.task import SegEarthTask
-from framework.weight_average import WeightAverage
+from framework.core.errors import ConfigError
+from framework.core.model import SegEarthModel
+from framework.train.task import SegEarthTask
+from framework.train.weight_average import WeightAverage
 from tests.tiny import tiny_config, write_config
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.compressors.avg_pool import AvgPoolCompressor
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 
 def test_partial_edge_windows_are_not_diluted_by_padding() -> None:

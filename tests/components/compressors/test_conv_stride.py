@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from components.compressors.conv_stride import ConvStrideCompressor
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 from tests.golden import assert_golden, set_weights
 
 

@@ -7,7 +7,7 @@ import torch
 
 from components.compressors.perceiver import PerceiverCompressor
 from components._attention import sine_position_encoding_2d
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 
 def small() -> PerceiverCompressor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from components.compressors.pixel_shuffle import PixelShuffleCompressor
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(("h", "w", "row", "col", "token"), [(4, 4, 1, 1, 0), (5, 7, 4, 6, 11), (5, 7, 2, 1, 4)])

@@ -11,7 +11,7 @@ import timm
 import torch
 
 from components.encoders.efficientnet_lite import EfficientNetLite, package_weights_file
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 CHANNELS = {0: [24, 40, 112, 320], 1: [24, 40, 112, 320], 2: [24, 48, 120, 352]}
 

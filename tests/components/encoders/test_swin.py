@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from components.encoders.swin import SwinEncoder, _PadThenShiftBlock
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 from tests.golden import assert_golden, set_weights
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from components.llms._loading import default_gguf_cache, weights_folder
 from components.llms.hf_causal_lm import DEFAULT_SYSTEM, DEFAULT_TEMPLATE, HFCausalLM
-from framework.errors import ConfigError, DataError
+from framework.core.errors import ConfigError, DataError
 from tests.golden import assert_golden, set_weights
 
 QUESTIONS = ["Where could a boat moor?", "Roads?", "Which area is covered by dense green trees?"]

@@ -13,7 +13,7 @@ from transformers.models.mask2former.modeling_mask2former import Mask2FormerMode
 
 from components.mask_heads._msdeform_reference import multi_scale_deformable_attention_reference
 from components.mask_heads.mask2former import Mask2FormerHead
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 from tests.golden import assert_golden, set_weights
 
 CHANNELS = [8, 16, 24, 32]

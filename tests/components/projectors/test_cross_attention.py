@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from components.projectors.cross_attention import CrossAttentionProjector
-from framework.contracts import LLMOutput
-from framework.errors import ConfigError
+from framework.core.contracts import LLMOutput
+from framework.core.errors import ConfigError
 
 HEADS, DIM_HEAD, DIM = 2, 4, 8
 

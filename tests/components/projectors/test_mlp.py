@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from components.projectors.mlp import MLPProjector
-from framework.contracts import LLMOutput
+from framework.core.contracts import LLMOutput
 
 
 def test_query_ignores_the_image_features() -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from components.projectors.multiscale_cross_attention import MultiscaleCrossAttentionProjector
-from framework.contracts import LLMOutput
-from framework.errors import ConfigError
+from framework.core.contracts import LLMOutput
+from framework.core.errors import ConfigError
 
 CHANNELS, STRIDES = [3, 4, 5, 6], [4, 8, 16, 32]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from components.projectors.prototype_mix import PrototypeMixProjector
-from framework.contracts import LLMOutput
-from framework.errors import ConfigError
+from framework.core.contracts import LLMOutput
+from framework.core.errors import ConfigError
 
 
 def llm_output(pooled: torch.Tensor) -> LLMOutput:

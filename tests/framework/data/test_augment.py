@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from framework.config import DataSchema
+from framework.core.config import DataSchema
 from framework.data import synth
 from framework.data.augment import (
     AUGMENT_KEYS,
@@ -23,7 +23,7 @@ from framework.data.augment import (
 )
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 H, W = 36, 52
 NEUTRAL = "Which area is covered by open water?"

@@ -15,7 +15,7 @@ from framework.cli import main
 from framework.data import dubai
 from framework.data.dubai import CLASS_COLOURS, CLASSES, PHRASINGS, QUESTIONS_PER_SAMPLE, SPLITS, convert_dubai
 from framework.data.earthreason import EarthReasonDataset
-from framework.errors import DataError
+from framework.core.errors import DataError
 from tests.conftest import SHARED_DATA
 
 DUBAI = SHARED_DATA / "dubai-aerial"
@@ -278,7 +278,7 @@ def test_cli_converts_and_reports_errors_in_one_line(tmp_path, capsys):
 
 
 def test_experiment_keeps_the_demo_weights_and_is_tested_on_tile_6():
-    from framework.config import load_config
+    from framework.core.config import load_config
 
     experiments = Path(__file__).resolve().parents[3] / "experiments"
     cfg = load_config(experiments / "dubai" / "dubai.yaml", validate_components=False)

@@ -9,7 +9,7 @@ from PIL import Image
 from framework.data.datamodule import ShuffledQuestions
 from framework.data.earthreason import NO_TARGET_ANSWER, EarthReasonDataset
 from framework.data.transforms import box_mask, letterbox_geometry
-from framework.errors import DataError
+from framework.core.errors import DataError
 
 
 def write_sample(root: Path, stem: str, size=(40, 30), questions=("q1?", "q2?"), answer=("a",), fill=True):

@@ -7,7 +7,7 @@ from framework.data.augment import QuestionAwareAugment
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.grouping import ImageGroups
 from framework.data.samples import MaskFile, Sample, SampleDataset
-from framework.errors import ConfigError
+from framework.core.errors import ConfigError
 
 
 class Listed(SampleDataset):

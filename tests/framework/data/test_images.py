@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from framework.data.images import read_image, read_mask
-from framework.errors import ConfigError, DataError
+from framework.core.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)

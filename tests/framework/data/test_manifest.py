@@ -6,7 +6,7 @@ from PIL import Image
 
 from framework.data.manifest import ManifestDataset
 from framework.data.samples import NO_TARGET_ANSWER
-from framework.errors import DataError
+from framework.core.errors import DataError
 
 TARGET = np.zeros((16, 24), bool)
 TARGET[4:10, 3:20] = True

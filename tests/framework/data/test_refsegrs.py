@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from framework.data.refsegrs import RefSegRSDataset
-from framework.errors import DataError
+from framework.core.errors import DataError
 
 TARGET = np.zeros((20, 20), bool)
 TARGET[5:15, 2:9] = True

@@ -8,7 +8,7 @@ from PIL import Image
 
 from framework.data.rrsisd import RRSISDDataset, decode_rle, decode_segmentation, rle_counts_from_string
 from framework.data.transforms import letterbox_geometry
-from framework.errors import DataError
+from framework.core.errors import DataError
 
 RNG = np.random.default_rng(0)
 

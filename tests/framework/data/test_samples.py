@@ -6,7 +6,7 @@ from PIL import Image
 
 from framework.data.augment import QuestionAwareAugment
 from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset
-from framework.errors import ConfigError, DataError
+from framework.core.errors import ConfigError, DataError
 
 
 class Listed(SampleDataset):

@@ -1,0 +1,153 @@
+"""Georeferenced rasters with rasterio: GeoTIFF in (bands and scaling as ``data.bands`` / ``data.scale``), mask
+GeoTIFF and GeoJSON polygons out, in the input's coordinate reference system (CRS) and pixel grid.
+
+Every file is written under a temporary name in its folder and renamed when complete (``atomic_output``), so an
+error never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from framework.core.errors import DataError
+from framework.data.images import TIFF_MAGICS, Raster, raster_to_rgb
+
+MASK_COLOURS = {0: (0, 0, 0, 0), 1: (255, 0, 0, 255)}  # GIS viewers show the answer red over transparent
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class GeoReference:
+    """Where a raster lies: ``transform`` (affine, pixel -> CRS coordinates) and ``crs`` (rasterio CRS, or None
+    for a GeoTIFF that has a transform but no CRS)."""
+
+    transform: Any
+    crs: Any | None
+
+    @property
+    def pixel_area_m2(self) -> float | None:
+        """Ground area of one pixel in m², when the CRS is projected with a linear unit (None otherwise)."""
+        if self.crs is None or not self.crs.is_projected:
+            return None
+        try:
+            _, metres_per_unit = self.crs.linear_units_factor
+        except Exception:  # rasterio raises CRSError for a CRS without linear units  # noqa: BLE001
+            return None
+        return abs(self.transform.determinant) * metres_per_unit**2
+
+    def describe(self) -> str:
+        return self.crs.to_string() if self.crs is not None else "no CRS"
+
+
+def is_tiff(path: Path) -> bool:
+    """Whether the file starts like a (Big)TIFF; False for unreadable files (their reader reports why)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in TIFF_MAGICS
+    except OSError:
+        return False
+
+
+def read_geotiff(path: Path, bands: list[int] | None, scale: str | float) -> tuple[np.ndarray, GeoReference | None]:
+    """(uint8 [H,W,3] RGB, georeference or None) of a TIFF read with rasterio. A TIFF with neither CRS nor
+    transform has no georeference; bands and scaling are ``framework.data.images.read_image``'s."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                data = np.moveaxis(src.read(), 0, -1)  # [H,W,C]
+                alpha = src.count > 1 and src.colorinterp[-1] == ColorInterp.alpha
+                transform, crs = src.transform, src.crs
+    except RasterioIOError as exc:
+        raise DataError(f"{path}: unreadable raster ({exc})") from None
+    pixels = raster_to_rgb(Raster(data, alpha=alpha), path, bands, scale)
+    if crs is None and transform.is_identity:
+        return pixels, None
+    return pixels, GeoReference(transform=transform, crs=crs)
+
+
+def write_mask_geotiff(path: Path, mask: np.ndarray, geo: GeoReference) -> Path:
+    """bool [H,W] -> single-band uint8 GeoTIFF (1 = answer, 0 = not) on the input's grid and CRS."""
+    import rasterio
+
+    height, width = mask.shape
+    profile = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": 1,
+        "dtype": "uint8",
+        "transform": geo.transform,
+        "compress": "deflate",
+    }
+    if geo.crs is not None:
+        profile["crs"] = geo.crs
+    if height > 512 and width > 512:
+        profile |= {"tiled": True, "blockxsize": 512, "blockysize": 512}
+    with atomic_output(path) as temporary:
+        with rasterio.open(temporary, "w", **profile) as dst:
+            dst.write(mask.astype(np.uint8), 1)
+            dst.write_colormap(1, MASK_COLOURS)
+    return path
+
+
+def mask_polygons(mask: np.ndarray, geo: GeoReference) -> list[tuple[dict, float]]:
+    """The mask's connected regions (8-connected) as (GeoJSON polygon in CRS coordinates, area in pixels)."""
+    from rasterio.features import shapes
+    from shapely.geometry import mapping, shape
+
+    pixel_area = abs(geo.transform.determinant)
+    regions = []
+    for geometry, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=8, transform=geo.transform):
+        polygon = shape(geometry)
+        regions.append((mapping(polygon), float(polygon.area / pixel_area)))
+    return regions
+
+
+def mask_geojson(mask: np.ndarray, geo: GeoReference, properties: dict[str, Any]) -> dict:
+    """A GeoJSON FeatureCollection: one polygon feature per connected region of ``mask`` with ``properties``
+    plus the region's ``area_px`` (and ``area_m2`` in a metric CRS). Coordinates are in the input's CRS, named
+    in a ``crs`` member when it has an EPSG code (read by GDAL/QGIS; RFC 7946 readers assume WGS 84)."""
+    pixel_m2 = geo.pixel_area_m2
+    features = []
+    for geometry, area_px in mask_polygons(mask, geo):
+        region = {"area_px": round(area_px)}
+        if pixel_m2 is not None:
+            region["area_m2"] = round(area_px * pixel_m2, 3)
+        features.append({"type": "Feature", "geometry": geometry, "properties": {**properties, **region}})
+    collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
+    epsg = geo.crs.to_epsg() if geo.crs is not None else None
+    if epsg is not None:
+        collection["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
+    return collection
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """``data`` as JSON at ``path``, atomically."""
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(data), encoding="utf-8")
+    return path

@@ -1,0 +1,141 @@
+"""The files of ``segearth predict``: images + questions in, per sample a mask PNG, an overlay PNG and (for
+georeferenced inputs) a mask GeoTIFF and GeoJSON polygons, plus one ``predictions.jsonl``.
+
+Inputs: one image with its questions (``--image IMG --question Q``, repeatable), or a manifest (``.csv`` with
+a header, or ``.jsonl``; fields ``image`` and ``question``, paths relative to the manifest) or a folder of images
+together with ``--questions FILE`` (one question per line, each asked of every image).
+
+Nothing is partially written: every question is checked and the model loaded before any image is read, outputs
+go to a staging folder next to ``--out`` and are moved into ``--out`` only when every sample has succeeded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from framework.core.errors import DataError, UserError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+OVERLAY_MAX_SIDE = 2048  # overlays of larger scenes are downscaled (the masks and GeoTIFFs keep full size)
+
+
+def read_pairs(
+    image: str | None, questions: list[str] | None, source: str | None, questions_file: str | None
+) -> list[tuple[Path, str]]:
+    """(image path, question) pairs: ``image`` with its ``questions``, or a manifest / folder ``source`` (a folder
+    with ``questions_file``, one question per line); see the module docstring."""
+    if image:
+        if source or questions_file:
+            raise UserError("predict: give either --image with --question, or --input (with --questions for a folder)")
+        if not questions:
+            raise UserError("predict: --image needs at least one --question")
+        return [(Path(image), q) for q in questions]
+    if not source:
+        raise UserError(
+            "predict: give --image IMG --question Q, or --input MANIFEST, or --input FOLDER --questions FILE"
+        )
+    source = Path(source)
+    if source.is_dir():
+        if not questions_file:
+            raise UserError(f"predict: {source} is a folder: give the questions file with --questions")
+        asked = [line.strip() for line in _read_text(Path(questions_file)).splitlines() if line.strip()]
+        if not asked:
+            raise DataError(f"{questions_file}: no questions (one per line)")
+        images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DataError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        return [(path, q) for path in images for q in asked]
+    if not source.is_file():
+        raise DataError(f"{source}: input not found")
+    text = _read_text(source)
+    if source.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{source}:{number}: invalid JSON ({exc.msg})") from None
+    else:
+        reader = csv.DictReader(text.splitlines())
+        rows = [(number, row) for number, row in enumerate(reader, start=2)]
+    pairs = []
+    for number, row in rows:
+        if not isinstance(row, dict) or not row.get("image") or "question" not in row:
+            raise DataError(f"{source}:{number}: needs 'image' and 'question'")
+        pairs.append((source.parent / str(row["image"]).strip(), str(row["question"] or "")))
+    if not pairs:
+        raise DataError(f"{source}: no rows")
+    return pairs
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+
+
+def _overlay(prediction) -> Image.Image:
+    from framework.eval.overlays import render_overlay
+
+    pixels, mask = prediction.image.pixels, prediction.mask
+    height, width = mask.shape
+    factor = OVERLAY_MAX_SIDE / max(height, width)
+    if factor < 1:
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+    caption = f"{prediction.question}  (score {prediction.score:.2f}, {prediction.area_px} px"
+    caption += f", {prediction.area_m2:,.0f} m2)" if prediction.area_m2 is not None else ")"
+    return render_overlay(pixels, None, mask, caption)
+
+
+def write_sample(prediction, index: int, folder: Path) -> dict:
+    """The files of one prediction in ``folder``; returns its predictions.jsonl row (file names relative)."""
+    from framework.data.geo import mask_geojson, write_json, write_mask_geotiff
+
+    stem = f"{index:04d}_{prediction.image.name}"
+    row = {"index": index, **prediction.record(), "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png"}
+    Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(folder / row["mask"])
+    _overlay(prediction).save(folder / row["overlay"])
+    geo = prediction.image.geo
+    if geo is not None:
+        row["mask_geotiff"] = f"{stem}_mask.tif"
+        row["geojson"] = f"{stem}.geojson"
+        write_mask_geotiff(folder / row["mask_geotiff"], prediction.mask, geo)
+        properties = {"question": prediction.question, "score": round(prediction.score, 6)}
+        write_json(folder / row["geojson"], mask_geojson(prediction.mask, geo, properties))
+    return row
+
+
+def write_predictions(predictor, pairs: list[tuple[Path, str]], out: Path, progress: bool = False) -> list[dict]:
+    """Predict every (image, question) pair with ``predictor`` (a ``Predictor``) and write its files and
+    ``predictions.jsonl`` into ``out``; returns the rows. Nothing lands in ``out`` unless every sample succeeded."""
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        rows, noted = [], set()
+        for index, prediction in enumerate(predictor.iter_predictions(pairs, progress=progress)):
+            geo, path = prediction.image.geo, prediction.image.path
+            if geo is not None and geo.crs is None and path not in noted:
+                noted.add(path)
+                print(f"note: {path} has a transform but no CRS: its mask GeoTIFF is written without a CRS and "
+                      "its GeoJSON coordinates are in the file's own map units", file=sys.stderr)
+            rows.append(write_sample(prediction, index, staging))
+        (staging / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        out.mkdir(parents=True, exist_ok=True)
+        for file in sorted(staging.iterdir()):
+            os.replace(file, out / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return rows

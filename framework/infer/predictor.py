@@ -1,0 +1,319 @@
+"""Inference on your own imagery: ``load_model(...)`` then ``model.predict(image, question)``.
+
+``load_model`` accepts a bundle folder (``segearth export``), a registered model ``models:/NAME@ALIAS``, a run
+folder (its ``checkpoints/best.ckpt``) or a ``.ckpt`` file. An image is a path (GeoTIFFs are read with rasterio and
+keep their georeference), a uint8 array [H,W,3] / [H,W] or a PIL image; bands and scaling follow the experiment's
+``data.bands`` / ``data.scale``.
+
+Each image is cut into tiles (``predict`` config section: ``tiling``, ``tile_size``, ``overlap``, ``tile_batch``;
+one tile = the whole image when it is small enough or ``tiling: never``); each tile is letterboxed to the training
+frame exactly as in training, its logits are resampled back onto the tile's native pixels and blended where tiles
+overlap (``framework.infer.tiling``). The image pass (encoder, compressor, the mask head's pixel features) runs once
+per tile, whatever the number of questions asked of the image; the questions then run in batches over it. ``predict.tta`` (``flips``, ``dihedral``) sees
+each tile in 4 or 8 views and averages their logits (``framework.eval.tta``): that many encoder passes per tile.
+
+The LLM component (``hf_causal_lm``) returns a description embedding and generates no text, so ``answer`` is None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from framework.core.config import PredictSchema, check_predict
+from framework.core.errors import ConfigError, DataError, UserError
+from framework.core.weights import load_checkpoint_model
+from framework.data.geo import GeoReference, is_tiff, read_geotiff
+from framework.data.images import Raster, raster_to_rgb, read_image
+from framework.data.transforms import letterbox_image
+from framework.eval.postprocess import resample_to_original
+from framework.eval.tta import ViewAverage, questions_in_view, to_view, tta_views
+from framework.infer.bundle import resolve_bundle
+from framework.infer.tiling import TileBlender
+
+ImageSource = str | Path | np.ndarray | Image.Image
+
+
+@dataclass
+class LoadedImage:
+    """``pixels`` uint8 [H,W,3]; ``name`` for output files; ``path`` when read from a file; ``geo`` for a
+    georeferenced raster."""
+
+    pixels: np.ndarray
+    name: str
+    path: Path | None = None
+    geo: GeoReference | None = None
+
+
+@dataclass
+class Prediction:
+    """One answer. ``mask`` bool [H,W] and ``probability`` float32 [H,W] at the image's native size; ``score``:
+    mean probability over the mask (the reference's mask score; 0 for an empty mask); ``area_m2`` when the image
+    is georeferenced in a metric CRS; ``answer``: generated text (None: the LLM generates none)."""
+
+    question: str
+    mask: np.ndarray
+    probability: np.ndarray
+    score: float
+    area_px: int
+    area_m2: float | None
+    answer: str | None
+    image: LoadedImage = field(repr=False)
+    tiles: int = 1
+
+    def record(self) -> dict[str, Any]:
+        """The JSON-serialisable summary (no arrays)."""
+        height, width = self.mask.shape
+        return {
+            "image": str(self.image.path) if self.image.path else self.image.name,
+            "question": self.question,
+            "score": round(self.score, 6),
+            "area_px": self.area_px,
+            "area_m2": None if self.area_m2 is None else round(self.area_m2, 3),
+            "answer": self.answer,
+            "height": height,
+            "width": width,
+            "tiles": self.tiles,
+            "crs": None if self.image.geo is None else self.image.geo.describe(),
+        }
+
+
+def predict_options(cfg: dict, **overrides: Any) -> dict[str, Any]:
+    """The ``predict`` section of ``cfg`` (defaults for configs saved before it existed) with ``overrides``
+    (None values ignored), checked."""
+    options = {**dataclasses.asdict(PredictSchema()), **cfg.get("predict", {})}
+    options.update({k: v for k, v in overrides.items() if v is not None})
+    check_predict(options)
+    return options
+
+
+class Predictor:
+    """A trained model ready for inference (see the module docstring). ``batch_size``: (tile, question) pairs per
+    forward pass after the shared encoder step."""
+
+    def __init__(
+        self, model, config: dict, source: str = "", device: str = "cpu", batch_size: int = 8, **options: Any
+    ) -> None:
+        self.model = model.to(device).eval().requires_grad_(False)  # also enables the LLM's question cache
+        self.config = config
+        self.source = source
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.image_size = config["data"]["image_size"]
+        self.bands = config["data"].get("bands")
+        self.scale = config["data"].get("scale", "auto")
+        self.threshold = config["eval"]["threshold"]
+        self.options = predict_options(config, **options)
+        if self.image_size % model.max_stride:
+            raise ConfigError(
+                f"data.image_size {self.image_size} is not divisible by the encoder's largest stride {model.max_stride}"
+            )
+
+    # ------------------------------------------------------------------ inputs
+    def load_image(self, source: ImageSource) -> LoadedImage:
+        """A path, uint8 array or PIL image as RGB pixels (+ georeference for GeoTIFFs); too small is an error."""
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            if not path.is_file():
+                raise DataError(f"{path}: image not found")
+            if is_tiff(path):
+                pixels, geo = read_geotiff(path, self.bands, self.scale)
+            else:
+                pixels, geo = read_image(path, self.bands, self.scale), None
+            image = LoadedImage(pixels, path.stem, path, geo)
+        elif isinstance(source, Image.Image):
+            array = np.asarray(source)
+            alpha = source.mode in ("LA", "RGBA")
+            pixels = raster_to_rgb(Raster(array, alpha=alpha), Path("<PIL image>"), self.bands, self.scale)
+            image = LoadedImage(pixels, "image")
+        elif isinstance(source, np.ndarray):
+            image = LoadedImage(raster_to_rgb(Raster(source), Path("<array>"), self.bands, self.scale), "array")
+        else:
+            raise UserError(f"image: expected a path, a numpy array or a PIL image, got {type(source).__name__}")
+        height, width = image.pixels.shape[:2]
+        stride = self.model.max_stride
+        if min(height, width) < stride:
+            raise DataError(
+                f"{image.path or image.name}: {width}x{height} pixels is too small: the encoder's coarsest stride is "
+                f"{stride} px, so both sides must be at least {stride}"
+            )
+        return image
+
+    def _visual_tokens(self) -> int:
+        if self.model.compressor is None:
+            return 0
+        side = self.image_size // self.model.encoder.strides[self.model.compressor_level]
+        return self.model.compressor.num_tokens(side, side)
+
+    def check_question(self, question: str) -> str:
+        """The question, stripped; empty or longer than the LLM's context is a DataError."""
+        if not isinstance(question, str) or not question.strip():
+            raise DataError("empty question: ask something about the image, e.g. 'Where could a seaplane land?'")
+        question = question.strip()
+        llm = self.model.llm
+        limit = getattr(llm, "max_positions", None)
+        if limit is not None and hasattr(llm, "prompt_length"):
+            length = llm.prompt_length(question, self._visual_tokens())
+            if length > limit:
+                raise DataError(
+                    f"question too long: its prompt is {length} tokens, the LLM's context is {limit} "
+                    f"({len(question)} characters: {question[:60]!r}...)"
+                )
+        return question
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, image: ImageSource, question: str | Sequence[str]) -> Prediction | list[Prediction]:
+        """One question -> one ``Prediction``; a list of questions -> a list (the image is encoded once)."""
+        questions = [question] if isinstance(question, str) else list(question)
+        results = self.predict_many([(image, q) for q in questions])
+        return results[0] if isinstance(question, str) else results
+
+    def predict_many(
+        self, items: Sequence[tuple[ImageSource, str]], progress: bool | None = None
+    ) -> list[Prediction]:
+        """``(image, question)`` pairs -> predictions in the same order. Pairs naming the same image (the same
+        path or object) share one encoding; tiles of consecutive images are batched together."""
+        return list(self.iter_predictions(items, progress))
+
+    def iter_predictions(
+        self, items: Sequence[tuple[ImageSource, str]], progress: bool | None = None
+    ) -> Iterator[Prediction]:
+        """As ``predict_many``, yielding each prediction as soon as its image is done (memory: the images in
+        flight, not the whole list). Every question is checked before any image is read."""
+        groups: dict[Any, tuple[ImageSource, list[tuple[int, str]]]] = {}
+        for index, (image, question) in enumerate(items):
+            key = str(Path(image).resolve()) if isinstance(image, (str, Path)) else id(image)
+            groups.setdefault(key, (image, []))[1].append((index, self.check_question(question)))
+        done: dict[int, Prediction] = {}
+        next_index = 0
+        for predictions in self._run(list(groups.values()), progress):
+            for index, prediction in predictions:
+                done[index] = prediction
+            while next_index in done:
+                yield done.pop(next_index)
+                next_index += 1
+
+    def _tile_size(self, image: LoadedImage) -> int:
+        height, width = image.pixels.shape[:2]
+        tile = self.options["tile_size"] or self.image_size
+        mode = self.options["tiling"]
+        if mode == "never" or (mode == "auto" and max(height, width) <= tile):
+            return max(height, width)
+        if tile < self.model.max_stride:
+            raise ConfigError(
+                f"predict.tile_size {tile} is smaller than the encoder's coarsest stride {self.model.max_stride}"
+            )
+        return tile
+
+    def _run(
+        self, groups: list[tuple[ImageSource, list[tuple[int, str]]]], progress: bool | None
+    ) -> Iterator[list[tuple[int, Prediction]]]:
+        """Per image (in order), its (index, prediction) pairs; images are read when their first tile is due."""
+        from tqdm.auto import tqdm
+
+        batch_tiles = self.options["tile_batch"]
+        pending: list[tuple[int, int]] = []  # (group, tile index) waiting for the next encoder batch
+        state: dict[int, tuple[LoadedImage, list[TileBlender], int]] = {}  # group -> (image, blenders, tiles left)
+        bar = tqdm(desc="tiles", unit="tile", disable=None if progress is None else not progress, leave=False)
+        with torch.inference_mode(), bar:
+            for g, (source, asked) in enumerate(groups):
+                image = self.load_image(source)
+                height, width = image.pixels.shape[:2]
+                tile = self._tile_size(image)
+                overlap = round(self.options["overlap"] * tile) if tile < max(height, width) else 0
+                blenders = [TileBlender(height, width, tile, overlap) for _ in asked]
+                n_tiles = len(blenders[0].tiles)
+                bar.total = (bar.total or 0) + n_tiles
+                state[g] = (image, blenders, n_tiles)
+                for t in range(n_tiles):
+                    pending.append((g, t))
+                    if len(pending) == batch_tiles:
+                        yield from self._step(pending, groups, state, bar)
+                        pending = []
+            if pending:
+                yield from self._step(pending, groups, state, bar)
+
+    def _step(self, pending, groups, state, bar) -> Iterator[list[tuple[int, Prediction]]]:
+        """Encode one batch of tiles, ask every question of their images, blend; yield finished images."""
+        frames, boxes, sizes = [], [], []
+        for g, t in pending:
+            image, blenders, _ = state[g]
+            tile = blenders[0].tiles[t]
+            crop = image.pixels[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width]
+            frame, box = letterbox_image(Image.fromarray(crop), self.image_size)
+            frames.append(frame)
+            boxes.append(box)
+            sizes.append((tile.height, tile.width))
+        batch = torch.stack(frames).to(self.device)
+        pairs = [(row, q) for row, (g, _) in enumerate(pending) for q in range(len(groups[g][1]))]
+        chunks = [pairs[start : start + self.batch_size] for start in range(0, len(pairs), self.batch_size)]
+        means = [ViewAverage() for _ in chunks]
+        for view in tta_views(self.options["tta"]):
+            seen = self.model.see(to_view(batch, view))  # once per tile, for every question of its image
+            for chunk, mean in zip(chunks, means, strict=True):
+                rows = torch.tensor([row for row, _ in chunk], device=self.device)
+                asked, valid = questions_in_view([groups[pending[row][0]][1][q][1] for row, q in chunk], view)
+                mean.add(self.model.answer(seen, asked, rows).mask_logits, view, valid)
+        for chunk, mean in zip(chunks, means, strict=True):
+            logits = resample_to_original(
+                mean.result(), [boxes[row] for row, _ in chunk], [sizes[row] for row, _ in chunk], self.image_size
+            )
+            for (row, q), tile_logits in zip(chunk, logits, strict=True):
+                g, t = pending[row]
+                state[g][1][q].add(t, tile_logits.float().cpu().numpy())
+        bar.update(len(pending))
+        for g, n_done in Counter(g for g, _ in pending).items():
+            image, blenders, left = state[g]
+            left -= n_done
+            state[g] = (image, blenders, left)
+            if left == 0:
+                del state[g]
+                yield [
+                    (index, self._prediction(image, question, blender))
+                    for (index, question), blender in zip(groups[g][1], blenders, strict=True)
+                ]
+
+    def _prediction(self, image: LoadedImage, question: str, blender: TileBlender) -> Prediction:
+        logits = blender.result()
+        mask = logits > self.threshold
+        probability = torch.from_numpy(logits).sigmoid_().numpy()  # in place: no second scene-sized array
+        area = int(mask.sum())
+        pixel_m2 = image.geo.pixel_area_m2 if image.geo is not None else None
+        return Prediction(
+            question=question,
+            mask=mask,
+            probability=probability,
+            score=float(probability[mask].mean()) if area else 0.0,
+            area_px=area,
+            area_m2=None if pixel_m2 is None else area * pixel_m2,
+            answer=None,
+            image=image,
+            tiles=len(blender.tiles),
+        )
+
+
+def load_model(source: str | Path, device: str = "cpu", tracking_uri: str | None = None, **options: Any) -> Predictor:
+    """A ``Predictor`` from a bundle folder, ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``, a run folder
+    (``checkpoints/best.ckpt``) or a ``.ckpt`` file. ``options``: ``batch_size`` and ``predict`` settings
+    (``tiling``, ``tile_size``, ``overlap``, ``tile_batch``, ``tta``) overriding the model's config."""
+    ref = str(source)
+    bundle = resolve_bundle(ref, tracking_uri)
+    if bundle is not None:
+        return Predictor(bundle.build(), bundle.config, ref, device, **options)
+    path = Path(ref)
+    if path.is_dir() and (path / "checkpoints" / "best.ckpt").is_file():
+        path = path / "checkpoints" / "best.ckpt"
+    if not path.is_file():
+        raise UserError(
+            f"{ref}: no such model (expected a bundle folder, a run folder, a .ckpt file or models:/NAME@ALIAS)"
+        )
+    model, cfg = load_checkpoint_model(path)
+    return Predictor(model, cfg, ref, device, **options)

@@ -1,0 +1,249 @@
+"""MLflow wiring: one run per ``fit``/``test``, the resolved config as an artifact, component names as params.
+
+Fit runs also get system metrics, validation overlays per epoch and (on request) the best/last checkpoints through
+the callbacks of ``tracking_callbacks``. An unreachable tracking server fails the command at start (or, with
+``tracking.offline_fallback``, the run goes to the local sqlite store); an interrupted run ends KILLED, a crashed
+one FAILED. A SIGKILL cannot be handled: such a run stays RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from framework.core.errors import ConfigError, UserError
+from framework.track.run_info import LOCAL_STORE, flatten, run_tags
+
+SERVER_TIMEOUT_S = 3.0  # MLflow's own client retries an unreachable server for minutes
+
+
+class RunLogger(MLFlowLogger):
+    """``MLFlowLogger`` that logs each (metric, step) pair at most once and ends interrupted runs KILLED.
+
+    Duplicates would break PostgreSQL-backed servers; Lightning makes two kinds: its convenience metric ``epoch``
+    rides along with every logging call (train step, train epoch end and validation end share a step), and
+    ``LearningRateMonitor`` logs once per micro-batch under gradient accumulation. Both repeat a value already
+    logged at that step, so a key is only logged at steps above the last one it was logged at.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.interrupted = False  # set by ``RunStatus`` when a signal (SIGTERM, Ctrl-C) stops the trainer
+        self._last_step: dict[str, int] = {}
+
+    @property
+    def tracking_uri(self) -> str:
+        return self._tracking_uri
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        step = step or 0
+        fresh = {k: v for k, v in metrics.items() if self._last_step.get(k, -1) < step}
+        self._last_step.update(dict.fromkeys(fresh, step))
+        if fresh:
+            super().log_metrics(fresh, step)
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        # Lightning reports every interruption as "failed"; a signal is a kill, not a crash
+        super().finalize("KILLED" if status == "failed" and self.interrupted else status)
+
+
+def _unreachable(uri: str) -> str | None:
+    """Why the http(s) tracking server ``uri`` does not answer within ``SERVER_TIMEOUT_S`` (None if it answers
+    at all: an HTTP error such as 401 or 404 still proves a server is there, and so does a TLS handshake that this
+    probe cannot verify but MLflow may, with its own certificate settings)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return None
+    except OSError as exc:  # URLError, timeouts, refused connections
+        reason = getattr(exc, "reason", exc)
+        return None if isinstance(exc, ssl.SSLError) or isinstance(reason, ssl.SSLError) else str(reason)
+    return None
+
+
+def _reachable_uri(tc: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The URI to log to and the tags that say why: a server that does not answer is a user error, or, with
+    ``tracking.offline_fallback``, replaced by the local sqlite store."""
+    uri = tc["uri"]
+    if not uri.startswith(("http://", "https://")):
+        return uri, {}
+    reason = _unreachable(uri)
+    if reason is None:
+        return uri, {}
+    if not tc["offline_fallback"]:
+        raise UserError(
+            f"tracking server {uri} unreachable ({reason}); start it, fix tracking.uri / MLFLOW_TRACKING_URI, "
+            "or set tracking.offline_fallback=true to log locally"
+        )
+    # absolute: Lightning's logger exports the URI to the environment, where a relative path would follow the cwd
+    local = f"sqlite:///{Path.cwd() / 'mlruns.db'}"
+    print(f"segearth: tracking server {uri} unreachable ({reason}); logging to {local} instead", file=sys.stderr)
+    return local, {"tracking.offline_fallback_from": uri}
+
+
+def make_logger(
+    cfg: dict[str, Any], run_dir: Path, run_name: str, tags: dict[str, str] | None = None
+) -> RunLogger | None:
+    """A ``RunLogger`` for ``cfg['tracking']`` (None when tracking is disabled); ``tags`` go on the run besides
+    ``run_tags`` (a sweep trial's nest its run under the study's).
+
+    Artifacts go under the run folder's ``mlartifacts`` unless the store is a server: a sqlite store must not
+    scatter ``./mlruns`` folders into the working directory.
+    """
+    tc = cfg["tracking"]
+    if not tc["enabled"]:
+        return None
+    uri = tc["uri"]
+    if uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):
+        raise ConfigError(
+            f"tracking.uri '{uri}': MLflow's file store is deprecated and raises; use {LOCAL_STORE} or http://…"
+        )
+    uri, fallback_tags = _reachable_uri(tc)
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        artifact_location = (Path(os.path.abspath(run_dir)).parent.parent / "mlartifacts").as_uri()
+    return RunLogger(
+        experiment_name=tc["experiment"],
+        run_name=tc["run_name"] or run_name,
+        tracking_uri=uri,
+        artifact_location=artifact_location,
+        log_model=False,
+        tags={**run_tags(), **fallback_tags, **(tags or {})},
+    )
+
+
+def log_run_files(logger, cfg: dict[str, Any], files: list[Path]) -> None:
+    """Log flattened params (every slot's component name among them) and files as artifacts."""
+    if logger is None:
+        return
+    logger.log_hyperparams(flatten(cfg))
+    for path in files:
+        logger.experiment.log_artifact(logger.run_id, str(path))
+
+
+class RunStatus(L.Callback):
+    """Marks the run KILLED when a signal stops training (Lightning turns SIGTERM into ``SIGTERMException`` at the
+    next batch and Ctrl-C into ``KeyboardInterrupt``); any other exception leaves Lightning's FAILED."""
+
+    def __init__(self, logger: RunLogger) -> None:
+        self.logger = logger
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            self.logger.interrupted = True
+
+
+class SystemMetrics(L.Callback):
+    """MLflow's system-metrics monitor (CPU and memory through psutil, GPU through pynvml where there is one) for
+    the length of ``fit``, on rank 0; metrics ``system/*``. MLflow samples every 10 s unless
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` says otherwise."""
+
+    def __init__(self, logger: RunLogger) -> None:
+        self.logger = logger
+        self.monitor = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.monitor = SystemMetricsMonitor(self.logger.run_id, tracking_uri=self.logger.tracking_uri)
+        self.monitor.start()
+
+    def _stop(self) -> None:
+        # before the run is terminated: the monitor stops by itself only when it sees the run ended
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._stop()
+
+
+class ValOverlays(L.Callback):
+    """The first ``count`` validation samples drawn as overlays (``framework.eval.overlays``) after every validation,
+    logged as MLflow images with key ``val_overlay_<stem>_<id>`` at the step of the validation metrics (the UI's
+    image slider).
+
+    The task collects the native-resolution predictions on every process (``SegEarthTask.val_overlays``); rank 0
+    renders and logs them. The sanity check's untrained predictions are left out."""
+
+    def __init__(self, logger: RunLogger, count: int) -> None:
+        self.logger = logger
+        self.count = count
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.val_overlays = self.count
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking or not pl_module.val_overlay_predictions:
+            return
+        from PIL import Image
+
+        from framework.eval.overlays import write_overlays
+
+        # the step Lightning logs the validation metrics at (LearningRateMonitor reads the same counter)
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = write_overlays(trainer.datamodule.dataset("val"), pl_module.val_overlay_predictions, Path(tmp))
+            for path in paths:
+                key = "val_overlay_" + re.sub(r"[^a-zA-Z0-9_\-. ]", "_", path.stem)
+                with Image.open(path) as image:
+                    self.logger.experiment.log_image(
+                        self.logger.run_id, image.copy(), key=key, step=step, synchronous=True
+                    )
+
+
+class CheckpointArtifacts(L.Callback):
+    """The best and last checkpoints logged as artifacts ``checkpoints/{best,last}.ckpt`` when ``fit`` ends (rank
+    0); an interrupted fit logs none (its checkpoints stay in the run folder)."""
+
+    def __init__(self, logger: RunLogger) -> None:
+        self.logger = logger
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        if not trainer.is_global_zero:
+            return
+        # best and last may come from different ModelCheckpoint callbacks (framework.train.checkpointing)
+        callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        paths = [c.best_model_path for c in callbacks] + [c.last_model_path for c in callbacks]
+        for path in dict.fromkeys(p for p in paths if p):
+            self.logger.experiment.log_artifact(self.logger.run_id, path, artifact_path="checkpoints")
+
+
+def tracking_callbacks(cfg: dict[str, Any], logger: RunLogger | None) -> list[L.Callback]:
+    """The callbacks a ``fit`` run needs for ``cfg['tracking']`` (none without a logger)."""
+    if logger is None:
+        return []
+    tc = cfg["tracking"]
+    if tc["val_overlays"] < 0:
+        raise ConfigError(f"tracking.val_overlays: {tc['val_overlays']} must be >= 0 (0 = none)")
+    callbacks: list[L.Callback] = [RunStatus(logger)]
+    if tc["system_metrics"]:
+        callbacks.append(SystemMetrics(logger))
+    if tc["val_overlays"]:
+        callbacks.append(ValOverlays(logger, tc["val_overlays"]))
+    if tc["log_checkpoints"]:
+        callbacks.append(CheckpointArtifacts(logger))
+    return callbacks

@@ -1,0 +1,105 @@
+"""``validate`` / ``test`` of trained weights: the task's metrics over a split, the shuffled-question control, results
+files, overlays and an MLflow run."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.utilities import rank_zero_only
+
+from framework.core.errors import ConfigError
+from framework.core.weights import WeightsSource
+from framework.data.datamodule import ReasoningDataModule
+from framework.eval.overlays import write_overlays
+from framework.eval.report import results_table
+from framework.track.mlflow_run import log_run_files, make_logger
+from framework.track.run_dirs import new_run_dir
+from framework.train.strategies import seed_everything, trainer_kwargs
+from framework.train.task import SegEarthTask
+
+STAGES = ("validate", "test")
+
+
+def _check_collectable(trainer: L.Trainer) -> None:
+    """Evaluation results live in the processes that computed them: strategies that run the work in spawned or
+    forked children of this process return only logged scalars, not the per-sample results."""
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        raise ConfigError(
+            "trainer.strategy: spawned or forked workers cannot return evaluation results; "
+            "evaluate on several devices with strategy=ddp (or under torchrun/SLURM)"
+        )
+
+
+def evaluate(
+    cfg: dict[str, Any], weights: WeightsSource | None, stage: str = "test", out: str | Path | None = None
+) -> dict:
+    """``validate`` or ``test`` ``weights`` (None: the model as built from the config); ``test`` also runs the
+    shuffled-question control (config ``eval.shuffled_control``) and writes results.json + results.md and
+    ``eval.overlays`` prediction overlays. Results go to ``out``, else the weights' run folder, else a new one.
+
+    Under DDP (``trainer.devices`` > 1, strategy ``ddp``) every process evaluates its share and gets the
+    gathered results; only rank 0 makes folders, writes, prints and logs to MLflow.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
+    passed = ("accelerator", "devices", "num_nodes", "precision", "strategy")
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, **{k: v for k, v in trainer_kwargs(cfg).items() if k in passed}
+    )
+    _check_collectable(trainer)
+    data = ReasoningDataModule(cfg["data"], seed=cfg["seed"], shuffled_control_seed=cfg["eval"]["shuffle_seed"])
+    data.dataset(stage if stage == "test" else "val")
+    if weights is not None and weights.model_config is not None:
+        # weights that bring their own model (a bundle); the experiment config gives data and evaluation
+        cfg = {**cfg, "model": weights.model_config}
+    # rank from the launcher's environment (DDP re-runs this command in every process): only rank 0 writes
+    writer = rank_zero_only.rank == 0
+    logger = None
+    if writer:
+        run_dir = weights.run_dir if weights is not None else None
+        out_dir = Path(out) if out else (run_dir or new_run_dir(cfg))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        logger = make_logger(cfg, out_dir, f"{cfg['name']}-{stage}")
+        trainer.logger = logger
+    seed_everything(cfg)
+    task = SegEarthTask(cfg)
+    if weights is not None:
+        weights.load_into(task.model)
+    started = time.time()
+    with warnings.catch_warnings():
+        # the metrics count a sample repeated by the distributed sampler's padding once
+        warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders")
+        if stage == "validate":
+            trainer.validate(task, dataloaders=data.val_dataloader(), verbose=False)
+            results = {"val": task.results["val"]}
+        else:
+            trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)
+            if cfg["eval"]["shuffled_control"]:
+                task.test_prefix = "test_shuffled"
+                trainer.test(task, dataloaders=data.shuffled_test_dataloader(), verbose=False)
+            results = dict(task.results)
+    results["wall_s"] = round(time.time() - started, 1)
+    results["checkpoint"] = weights.source if weights is not None else None
+    if not writer:
+        return results
+    json_path = out_dir / f"results_{stage}.json" if stage != "test" else out_dir / "results.json"
+    json_path.write_text(json.dumps(results, indent=2))
+    table = results_table(results, cfg)
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(table + "\n")
+    print(table)
+    print(f"results: {json_path}")
+    log_run_files(logger, cfg, [json_path, md_path])
+    if stage == "test" and task.overlay_predictions:
+        overlay_dir = out_dir / "overlays"
+        write_overlays(data.dataset("test"), task.overlay_predictions, overlay_dir)
+        print(f"overlays: {overlay_dir}")
+        if logger is not None:
+            logger.experiment.log_artifacts(logger.run_id, str(overlay_dir), artifact_path="overlays")
+    return results
