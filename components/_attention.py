@@ -1,7 +1,7 @@
 """Perceiver-style attention blocks shared by the description projectors and the ``perceiver`` compressor.
 
 Latents (queries) attend to media tokens *and to themselves*: K/V come from ``concat(media, latents)``, as in
-Flamingo's Perceiver resampler and in the reference's D-Projector (reference notes §1.5).
+Flamingo's Perceiver resampler and in the reference's D-Projector.
 """
 
 from __future__ import annotations

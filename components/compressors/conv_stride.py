@@ -1,4 +1,4 @@
-"""Compressor ``conv_stride``: the reference's compression connector (notes §1.2), resolution-agnostic."""
+"""Compressor ``conv_stride``: the reference's compression connector, resolution-agnostic."""
 
 from __future__ import annotations
 

@@ -69,13 +69,13 @@ class EfficientNetLite(Encoder):
 
     Channels: 24/40/112/320 for lite0 and lite1, 24/48/120/352 for lite2. Images in [0, 1] are normalised as
     ``(x - input_mean) / input_std``; the defaults 0.5 / 0.5 are the statistics the weights were trained with. A
-    smaller ``input_std`` amplifies the contrast the network sees: on the Dubai tiles (README) a frozen encoder's
+    smaller ``input_std`` amplifies the contrast the network sees: on the Dubai tiles (docs/results/dubai.md) a frozen encoder's
     features then separate a darker, unseen tile's classes better.
 
     Weights: ``weights`` (a local timm-format state dict, ``.pth``/``.safetensors``) if given, else the ImageNet
     weights of the installed package if ``pretrained``, else random. ``channels_last``: weights and activations in
-    NHWC memory order, which oneDNN's depthwise convolutions run faster (benchmarks/NOTES.md: forward + backward
-    1.3-1.5x on this CPU); the features come out NHWC-strided, same values.
+    NHWC memory order, which oneDNN's depthwise convolutions run faster (docs/results/performance.md); the
+    features come out NHWC-strided, same values.
     ``forward(images [B,3,H,W]) -> [[B,C_i,H/s_i,W/s_i] for 4 levels]``, H and W divisible by 32.
     """
 

@@ -1,4 +1,4 @@
-"""Swin Transformer encoder (the reference's Swin-B/12, §1.1 of the reference notes), built from timm's Swin.
+"""Swin Transformer encoder (the reference's Swin-B/12), built from timm's Swin.
 
 Two things differ from timm's classifier and are added here to match the detection Swin the reference uses:
 

@@ -160,7 +160,7 @@ def add_seg_and_pad_tokens(model: nn.Module, tokenizer, rows: int | None = None)
 
     When tokens were added the embedding table is resized to ``rows`` (default: the tokenizer length) and the rows
     of the new tokens in the input (and, if untied, output) embeddings are set to the mean of the existing token
-    rows (reference §1.3). A model saved with these tokens already gets nothing added and nothing changed.
+    rows. A model saved with these tokens already gets nothing added and nothing changed.
     """
     known = len(tokenizer)
     if tokenizer.pad_token is None:

@@ -1,6 +1,6 @@
 """Prompt assembly: a text template with tags, tokenised piece by piece so every position is known exactly.
 
-Tags (reference §1.3, whose loader splits its prompt on its tags and encodes the text between them with
+Tags (as in the reference code, whose loader splits its prompt on its tags and encodes the text between them with
 ``add_special_tokens=False``):
 
 - ``<image>``: the visual tokens, spliced in as embeddings exactly where the tag stands;

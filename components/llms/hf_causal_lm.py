@@ -32,14 +32,14 @@ DEFAULT_TEMPLATE = (
     "to the following instruction:\n<question>[SEG] [/INST]"
 )
 # The reference's assistant turn is "Sure, It is <seg>. \n<answer>. <|endoftext|>" with <seg> dropped and <answer>
-# replaced by answer + [SEG] (reference §1.3): this is the text its LM loss is actually computed on.
+# replaced by answer + [SEG]: this is the text its LM loss is actually computed on.
 DEFAULT_ANSWER_TEMPLATE = " Sure, It is . \n<answer>[SEG]. <eos>"
 
 
 @LLMS.register("hf_causal_lm")
 class HFCausalLM(LanguageModel):
     """A transformers causal LM reading a prompt with visual tokens and a question; returns the description
-    embedding (reference §1.3-1.4).
+    embedding.
 
     Weights, exactly one of: ``path`` (a local HF model folder), ``package`` (an installed pip package carrying
     the weights; located, never imported), ``config`` (an inline transformers config dict with ``model_type``,

@@ -47,8 +47,8 @@ class FPNMaskHead(MaskHead):
         self.output_stride = strides[0]
         self.lateral = nn.ModuleList(nn.Conv2d(c, dim, kernel_size=1) for c in in_channels)
         self.film = nn.ModuleList(nn.Linear(query_dim, 2 * dim) for _ in in_channels) if film else None
-        # Depthwise-separable 3x3 convs: a dense 3x3 at stride 4 alone would cost about half of EfficientNet-Lite0's
-        # forward + backward on a CPU; this way the whole head costs about a quarter of it.
+        # Depthwise-separable 3x3 convs: a dense 3x3 at stride 4 would cost a large share of EfficientNet-Lite0's
+        # forward + backward on a CPU (docs/results/performance.md).
         self.smooth = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False),

@@ -20,7 +20,7 @@ class LinearMaskHead(MaskHead):
 
     No spatial kernel and no nonlinearity lie between the encoder and the dot product: a pixel is judged by its own
     multi-scale feature vector, not by its surroundings. With a frozen encoder this is a linear probe whose class
-    vectors come from the question; on the Dubai tiles (README) that is what carries a class to an unseen tile
+    vectors come from the question; on the Dubai tiles (docs/results/dubai.md) that is what carries a class to an unseen tile
     whose look differs from the training tiles'.
 
     ``pixel_norm``: each level's feature vector is layer-normalised per pixel (over channels, no affine) before its

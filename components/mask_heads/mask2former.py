@@ -1,4 +1,4 @@
-"""Mask2Former mask head queried by the projector's output (reference notes §1.6), from transformers' parts.
+"""Mask2Former mask head queried by the projector's output, from transformers' parts.
 
 transformers' ``Mask2FormerPixelDecoder`` (multi-scale deformable attention encoder over the three coarsest maps
 + FPN lateral at the finest) and ``Mask2FormerMaskedAttentionDecoder`` (masked cross-attention round-robin over

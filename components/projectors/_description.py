@@ -1,4 +1,4 @@
-"""The description projector (reference "D-Projector" path, notes §1.5), parametrized by which encoder levels it sees.
+"""The description projector (the reference code's "D-Projector" path), parametrized by which encoder levels it sees.
 
 ``cross_attention`` (one level, the reference code) and ``multiscale_cross_attention`` (several levels, the paper's
 description) are thin registered wrappers around :class:`DescriptionCrossAttention`.

@@ -8,7 +8,7 @@ from framework.core.registry import PROJECTORS
 
 @PROJECTORS.register("cross_attention")
 class CrossAttentionProjector(DescriptionCrossAttention):
-    """The reference code's description projector (notes §1.5): the pooled description attends to the tokens of
+    """The reference code's description projector: the pooled description attends to the tokens of
     encoder level ``level`` (res5 by default) and to itself, 8 heads x 64, one layer, ff_mult 1.
 
     ``forward(llm: LLMOutput, features: list[[B,C_i,h_i,w_i]]) -> queries [B,1,out_dim]``.

@@ -4,7 +4,7 @@ The hypothesis it tests: a projector that maps the description embedding straigh
 ``cross_attention``) may send a phrasing it never saw anywhere in query space, and the mask head answers an
 off-distribution query with an off-distribution mask. Here every query lies in the convex hull of ``prototypes``
 learned vectors, so choosing the query becomes a classification of the description. Measured on the Dubai tiles
-(README "Real imagery") it did not help: the unseen phrasings that fail are the ones the frozen LLM's embedding
+(docs/results/dubai.md) it did not help: the unseen phrasings that fail are the ones the frozen LLM's embedding
 already places nearer another class.
 """
 

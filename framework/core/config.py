@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.core.errors import ConfigError
-from framework.core.slots import SLOT_NAMES, SLOT_SPECS
+from framework.core.slots import DEFAULT_READOUT, SLOT_NAMES, SLOT_SPECS
 
 
 @dataclass
@@ -30,7 +30,7 @@ class ModelSchema:
     mask_head: dict[str, Any] = field(default_factory=dict)
     # How the head is asked and its answers become one mask per question: {name: query} (the projector's queries),
     # concept_teacher or concept_choice with their concepts (framework/core/readout.py)
-    readout: dict[str, Any] = field(default_factory=lambda: {"name": "query"})
+    readout: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_READOUT))
 
 
 @dataclass

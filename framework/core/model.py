@@ -20,7 +20,7 @@ from framework.core.errors import ConfigError
 from framework.core.readout import READOUTS
 from framework.core.registry import SLOT_REGISTRIES
 from framework.core.rows import ImagePass, check_image_index, take_rows
-from framework.core.slots import SLOT_SPECS, SLOTS
+from framework.core.slots import DEFAULT_READOUT, SLOT_SPECS, SLOTS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,7 +57,7 @@ def check_model_config(model_cfg: dict[str, Any]) -> None:
             raise ConfigError(f"model.{spec.name} is missing")
         _, component = split_slot_config(spec.name, cfg)
         SLOT_REGISTRIES[spec.name].check(component, dict.fromkeys(spec.injected), where=f"model.{spec.name}")
-    READOUTS.check(model_cfg["readout"], {"query_dim": None}, where="model.readout")
+    READOUTS.check(model_cfg.get("readout") or dict(DEFAULT_READOUT), {"query_dim": None}, where="model.readout")
 
 
 def enable_grad_checkpointing(slot: str, module: nn.Module) -> None:
@@ -137,7 +137,9 @@ class SegEarthModel(nn.Module):
             feature_strides=strides,
             out_dim=self.mask_head.query_dim,
         )
-        self.readout = READOUTS.build(model_cfg["readout"], where="model.readout", query_dim=self.mask_head.query_dim)
+        self.readout = READOUTS.build(
+            model_cfg.get("readout") or dict(DEFAULT_READOUT), where="model.readout", query_dim=self.mask_head.query_dim
+        )
 
         self.frozen_slots = [slot for slot, opts in options.items() if opts["frozen"]]
         for slot in self.frozen_slots:
@@ -177,7 +179,11 @@ class SegEarthModel(nn.Module):
     def see(self, images: torch.Tensor) -> ImagePass:
         """The question-independent slots, once per distinct image [U,3,H,W]: the encoder, the compressor and the
         mask head's pixel features."""
-        features = self.encode(images)
+        return self.see_encoded(self.encode(images))
+
+    def see_encoded(self, features: list[torch.Tensor]) -> ImagePass:
+        """``see`` after the encoder: the compressor and the mask head's pixel features on its maps (a frozen
+        encoder's maps stay valid while the other slots train)."""
         tokens = None if self.compressor is None else self.compressor(features[self.compressor_level])
         return ImagePass(features, tokens, self.mask_head.pixel_features(features))
 

@@ -1,6 +1,7 @@
 """The slots, in one table: their names in the order data flows through them, the constructor arguments the framework
 injects into each slot's component (a config must not set them) and the options the framework handles itself, with
-their defaults (``framework.core.contracts`` says what each means). Free of torch, so configs load fast."""
+their defaults (``framework.core.contracts`` says what each means), and the default read-out. Free of torch, so
+configs load fast."""
 
 from __future__ import annotations
 
@@ -34,3 +35,5 @@ SLOTS: tuple[SlotSpec, ...] = (
 )
 SLOT_NAMES: tuple[str, ...] = tuple(spec.name for spec in SLOTS)
 SLOT_SPECS: Mapping[str, SlotSpec] = MappingProxyType({spec.name: spec for spec in SLOTS})
+# ``model.readout`` when not given (framework.core.readout): the reference's, the projector's queries ask the head
+DEFAULT_READOUT: Mapping[str, Any] = MappingProxyType({"name": "query"})

@@ -26,7 +26,8 @@ validation phrasings never occur in training. ``val_phrasings="train"`` asks til
 instead: a diagnostic, not the benchmark. The same checkpoint tested on both conversions separates what is lost
 to unseen phrasings (language) from what is lost on tile 6's pixels (vision).
 
-Mask colours are the ones measured on the masks (README table), not those of ``classes-as-shipped.json``.
+Mask colours are the ones measured on the masks (the table in docs/guide/data.md), not those of
+``classes-as-shipped.json``.
 Unlabeled pixels (#9B9B9B, and the few pure black #000000) are 0 in every label: they belong to no class, so
 they are never the target, and count as background in IoU. The PNG masks are lossless, so colours must match
 exactly; any other colour is a DataError naming the file.

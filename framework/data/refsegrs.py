@@ -1,4 +1,4 @@
-"""RefSegRS layout (reference §3.3), ``root`` being the ``RefSegRS`` folder::
+"""RefSegRS layout, ``root`` being the ``RefSegRS`` folder::
 
     <root>/output_phrase_<split>.txt     one "<id> <phrase>" per line
     <root>/images/<id>.tif

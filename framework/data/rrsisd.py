@@ -1,4 +1,4 @@
-"""RRSIS-D in the refer-API layout (reference §3.2), ``root`` being the ``RRSIS-D`` folder::
+"""RRSIS-D in the refer-API layout, ``root`` being the ``RRSIS-D`` folder::
 
     <root>/rrsisd/refs(unc).p                 pickle: list of refs {ref_id, ann_id, image_id, split,
                                               sentences: [{raw, sent, ...}], category_id, file_name, ...}

@@ -1,4 +1,4 @@
-"""Geospatial pixel reasoning metrics, exactly as the benchmark defines them (ARCHITECTURE.md).
+"""Geospatial pixel reasoning metrics, exactly as the benchmark defines them.
 
 Per sample i: I_i = |P∧G|, U_i = |P∨G|; iou_i = I_i/U_i, and 1 when U_i = 0 (empty target predicted empty).
 gIoU = mean_i iou_i; cIoU = Σ I_i / Σ U_i; Pr@t = share of samples with iou_i > t (strict).

@@ -1,6 +1,6 @@
 """Predictions back in the original image: undo the letterbox (``framework.data.transforms``) of mask outputs.
 
-The reference stops at the 1024² letterboxed frame (reference notes §1.7); a user wants the mask of *their* image.
+The reference stops at the 1024² letterboxed frame; a user wants the mask of *their* image.
 The map is resampled once, straight from the frame (at any output stride) to the original pixel grid: each
 original pixel centre is mapped through the letterbox geometry into the frame and read there bilinearly, so
 cropping the padding and resizing are one interpolation, also where the box does not fall on the map's grid.

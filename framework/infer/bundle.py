@@ -137,11 +137,13 @@ def export(cfg: dict, ckpt_path: Path, out: Path, merge: bool = False, overwrite
 # ---------------------------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class Bundle:
-    """An opened bundle folder: ``config`` is the experiment config with bundle-relative paths made absolute."""
+    """An opened bundle folder: ``config`` is the experiment config with bundle-relative paths made absolute;
+    ``source``: how the user named it (the folder, or the ``models:/`` URI it was fetched for)."""
 
     path: Path
     config: dict
     info: dict
+    source: str
 
     @property
     def model_config(self) -> dict:
@@ -153,17 +155,13 @@ class Bundle:
         """A bundle belongs to no run folder."""
         return None
 
-    @property
-    def source(self) -> str:
-        return str(self.path)
-
     def build(self) -> SegEarthModel:
         """A fresh ``SegEarthModel`` with the bundle's weights in every slot."""
         model = SegEarthModel(self.config["model"])
         self.load_into(model)
         return model
 
-    def load_into(self, model) -> None:
+    def load_into(self, model: SegEarthModel) -> None:
         """Copy the bundle's weights into ``model`` (built from ``config["model"]``; strict: nothing missing or
         extra)."""
         from safetensors.torch import load_model
@@ -171,7 +169,7 @@ class Bundle:
         load_model(model, str(self.path / WEIGHTS_FILE), strict=True)
 
 
-def open_bundle(path: str | Path) -> Bundle:
+def open_bundle(path: str | Path, source: str | None = None) -> Bundle:
     """Read a bundle folder (see the module docstring)."""
     import yaml
 
@@ -184,7 +182,7 @@ def open_bundle(path: str | Path) -> Bundle:
     config = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
     if config["model"]["llm"].get("tokenizer") == TOKENIZER_DIR:
         config["model"]["llm"]["tokenizer"] = str((path / TOKENIZER_DIR).resolve())
-    return Bundle(path=path, config=config, info=info)
+    return Bundle(path=path, config=config, info=info, source=source or str(path))
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -269,7 +267,7 @@ def resolve_weights(cfg: dict, ref: str) -> WeightsSource:
 def resolve_bundle(ref: str, tracking_uri: str | None = None) -> Bundle | None:
     """The bundle that ``ref`` names (a ``models:/`` URI or a bundle folder), or None when it names neither."""
     if is_registry_uri(ref):
-        return open_bundle(fetch_registered(ref, tracking_uri))
+        return open_bundle(fetch_registered(ref, tracking_uri), source=ref)
     if is_bundle(ref):
         return open_bundle(ref)
     return None

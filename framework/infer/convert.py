@@ -5,7 +5,7 @@
 ``segearth predict``. The rule sets share their Swin / pixel-decoder / predictor parts with ``mask2former``.
 
 ``mask2former``: an original Mask2Former (detectron2) checkpoint, as the reference initialises from (its Swin
-backbone, pixel decoder and transformer decoder; reference notes §1.1, §1.6), becomes one file holding the ``swin``
+backbone, pixel decoder and transformer decoder), becomes one file holding the ``swin``
 encoder's state dict under ``encoder.`` and the ``mask2former`` head's under ``mask_head.``; point both
 ``model.encoder.weights`` and ``model.mask_head.weights`` at it. Every source tensor is either renamed by a rule
 below or dropped by a rule that says why; anything else stops the conversion, so a checkpoint of another
@@ -139,7 +139,7 @@ _LN_TO_GN = (
 _PHI = r"model\.layers\.(\d+)\.(self_attn\.(?:q_proj|k_proj|v_proj|dense)|mlp\.fc[12]|input_layernorm)\." + _P
 _R1_PREDICTOR = r"predictor\."
 
-# SegEarth-R1 (HF llava_phi checkpoint; reference notes §1) -> every slot of experiments/segearth_r1. Names: the
+# SegEarth-R1 (HF llava_phi checkpoint) -> every slot of experiments/segearth_r1. Names: the
 # segearth_r1 model is a PhiForCausalLM whose ``model`` also holds ``vision_tower`` (Swin-B) and ``mm_projector``
 # (SparseConv_1 compression connector); the description projector, pixel decoder and predictor hang off the top.
 SEGEARTH_R1_RULES: tuple[Rule, ...] = (
@@ -160,13 +160,13 @@ SEGEARTH_R1_RULES: tuple[Rule, ...] = (
           r"projector.fusion.layers.\1.0.\2.\3"),
     _rule(r"d_layers\.layers\.(\d+)\.1\.([013])\." + _P, r"projector.fusion.layers.\1.1.\2.\3"),
     _rule(r"d_layers\.norm\." + _P, r"projector.fusion.norm.\1"),
-    _rule(r"seg_query", reason="seg_query [100, D_llm]: never read with use_seg_query=False (notes §2)"),
+    _rule(r"seg_query", reason="seg_query [100, D_llm]: never read with use_seg_query=False"),
     *pixel_decoder_rules(r"pixel_decoder\."),
     *predictor_rules(_R1_PREDICTOR),
     _rule(_R1_PREDICTOR + r"(SEG_query_embed|new_query_embed)\.weight",
           reason="query embeddings the single-[SEG]-query decoder never reads (its query position is zero)"),
     _rule(_R1_PREDICTOR + r"(SEG_proj|CLASS_proj)\.layers\.(\d+)\." + _P,
-          reason="SEG_proj / CLASS_proj MLPs without a caller (no class logits; notes §1.6)"),
+          reason="SEG_proj / CLASS_proj MLPs without a caller (no class logits)"),
     _rule(r"criterion\..*", reason="loss state of training"),
 )
 

@@ -16,8 +16,10 @@ from torch import nn
 
 import components  # noqa: F401  (registers every component)
 from framework.core.contracts import LLMOutput, MaskHeadOutput
-from framework.core.model import map_tensors
-from framework.core.registry import SLOTS
+from framework.core.contracts import Compressor, Encoder, LanguageModel, MaskHead, Projector
+from framework.core.registry import SLOT_REGISTRIES as SLOTS
+from framework.core.rows import map_tensors
+from framework.core.slots import SLOT_NAMES
 
 FEATURE_CHANNELS = [16, 24, 40, 80]
 FEATURE_STRIDES = [4, 8, 16, 32]
@@ -73,8 +75,15 @@ def fake_llm_output(batch: int) -> LLMOutput:
     )
 
 
-def test_every_slot_is_known() -> None:
-    assert set(SLOTS) == {"encoder", "compressor", "llm", "projector", "mask_head"}
+INTERFACES = {"encoder": Encoder, "compressor": Compressor, "llm": LanguageModel, "projector": Projector,
+              "mask_head": MaskHead}
+
+
+def test_every_slot_has_a_registry_and_every_component_its_slots_interface() -> None:
+    assert tuple(SLOTS) == SLOT_NAMES == ("encoder", "compressor", "llm", "projector", "mask_head")
+    for slot, registry in SLOTS.items():
+        for name in registry.names():
+            assert issubclass(registry.get(name), INTERFACES[slot]), f"{slot} '{name}'"
 
 
 @pytest.mark.parametrize("name", registered("encoder"))
@@ -169,11 +178,11 @@ def test_mask_head_contract(name: str) -> None:
         assert_finite([out.masks, *out.aux])
     assert_all_parameters_get_gradients(head, [out.masks, *out.aux])
     assert_reached_by_gradient(queries, "the queries")
-    if hasattr(head, "pixel_features"):  # the model runs it once per distinct image and gathers its rows
-        head.eval()
-        maps, rows = fake_features(2, 64), torch.tensor([1, 0, 1])
-        queries = torch.randn(3, 1, head.query_dim)
-        with torch.no_grad():
-            direct = head([f[rows] for f in maps], queries)
-            split = head.decode(map_tensors(lambda t: t[rows], head.pixel_features(maps)), queries)
-        torch.testing.assert_close(split.masks, direct.masks, rtol=1e-4, atol=1e-5)
+    # the model runs pixel_features once per distinct image and gathers its rows to the questions
+    head.eval()
+    maps, rows = fake_features(2, 64), torch.tensor([1, 0, 1])
+    queries = torch.randn(3, 1, head.query_dim)
+    with torch.no_grad():
+        direct = head([f[rows] for f in maps], queries)
+        split = head.decode(map_tensors(lambda t: t[rows], head.pixel_features(maps)), queries)
+    torch.testing.assert_close(split.masks, direct.masks, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""cross_attention: golden check of the reference D-Projector formula (notes §1.5), written out by hand."""
+"""cross_attention: golden check of the reference D-Projector formula, written out by hand."""
 
 from __future__ import annotations
 

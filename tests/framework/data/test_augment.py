@@ -10,10 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from framework.core.config import DataSchema
+from framework.core.config import AUGMENT_OPTIONS, DataSchema
 from framework.data import synth
 from framework.data.augment import (
-    AUGMENT_KEYS,
     Geometry,
     QuestionAwareAugment,
     augment_from_config,
@@ -282,7 +281,7 @@ def test_equal_seeds_give_equal_samples():
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"hfilp": 0.5}, r"unknown key 'hfilp'; valid: " + ", ".join(AUGMENT_KEYS)),
+        ({"hfilp": 0.5}, r"unknown key 'hfilp'; valid: " + ", ".join(AUGMENT_OPTIONS)),
         ({"hflip": 1.5}, r"data\.augment\.hflip: expected a probability in \[0, 1\], got 1\.5"),
         ({"color": -0.1}, r"data\.augment\.color"),
         ({"rot90": "often"}, r"data\.augment\.rot90"),

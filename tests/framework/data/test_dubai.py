@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framework.cli import main
+from framework.cli.main import main
 from framework.data import dubai
 from framework.data.dubai import CLASS_COLOURS, CLASSES, PHRASINGS, QUESTIONS_PER_SAMPLE, SPLITS, convert_dubai
 from framework.data.earthreason import EarthReasonDataset
@@ -291,7 +291,7 @@ def test_experiment_keeps_the_demo_weights_and_is_tested_on_tile_6():
     assert cfg["model"]["mask_head"] == {"name": "linear", "dim": 96, "query_dim": 128, "pixel_norm": True}
     assert cfg["loss"]["pos_balance"] == 1.0
     # one concept per class the converter writes, each pixel chosen among them
-    assert sorted(cfg["model"]["concepts"]) == sorted(CLASSES) and cfg["model"]["concept_readout"] == "choice"
+    assert cfg["model"]["readout"]["name"] == "concept_choice" and sorted(cfg["model"]["readout"]["concepts"]) == sorted(CLASSES)
     assert cfg["loss"]["competition_weight"] == 0
     assert cfg["optim"]["weight_decay"] == 1.0  # only the projector and the head train (README "Real imagery")
     assert cfg["data"]["batch_size"] % cfg["data"]["questions_per_image"] == 0

@@ -2,10 +2,11 @@ import logging
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from framework.data.augment import QuestionAwareAugment
-from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset
+from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset, collate
 from framework.core.errors import ConfigError, DataError
 
 
@@ -78,3 +79,18 @@ def test_a_target_cropped_away_by_augmentation_makes_a_no_target_sample(tmp_path
     ds.augment = QuestionAwareAugment(scale=[4.0, 4.0])  # keep_target (default): the sample is left as it was
     item = ds.item(0, augment_seed=0)
     assert item["mask"].any() and item["answer"] == "The top-left corner."
+
+
+def test_a_batch_holds_each_image_once_and_says_which_image_each_question_asks_about(tmp_path):
+    a, b = sample(tmp_path, "a", 1), sample(tmp_path, "b", 2)
+    (tmp_path / "a_link.png").symlink_to("a.png")  # another name for a's file: the same image
+    a_again = Sample("a2", tmp_path / "a_link.png", a.mask, "another question", "", True, "")
+    ds = Listed([b, a, a_again, b])
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["image"].shape == (2, 3, 8, 8) and batch["image_index"].tolist() == [0, 1, 1, 0]
+    assert len(batch["question"]) == 4 and len(batch["native_mask"]) == 4
+    torch.testing.assert_close(batch["image"][1], ds[1]["image"])
+    # augmented with different draws, one file's samples are different images; with one draw (a grouped item) one
+    ds.augment = QuestionAwareAugment(color=1.0)
+    assert collate([ds.item(1, augment_seed=0), ds.item(2, augment_seed=1)])["image"].shape[0] == 2
+    assert collate([ds.item(1, augment_seed=3), ds.item(2, augment_seed=3)])["image_index"].tolist() == [0, 0]

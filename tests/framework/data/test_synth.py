@@ -4,6 +4,7 @@ sample mix, relational definitions and split-disjoint phrasings."""
 import hashlib
 import io
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -77,6 +78,14 @@ def test_layout_file_formats_and_stem_pairing(dataset):
         assert qa["concept"] in CONCEPTS
         assert qa["scene"] == int(stem.split("_")[0])
         assert set(np.unique(label)) <= {0, 255}
+
+
+def test_a_scenes_samples_share_its_one_image_file(dataset):
+    out, _ = dataset
+    images = out / "train" / "images"
+    first, linked = images / "00000_0.jpg", images / "00000_1.jpg"
+    assert not first.is_symlink() and linked.is_symlink() and os.readlink(linked) == "00000_0.jpg"
+    assert linked.resolve() == first.resolve()
 
 
 def test_scenes_split_70_15_15_without_sharing(dataset):

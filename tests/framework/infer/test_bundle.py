@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from framework.infer.bundle import WEIGHTS_FILE, open_bundle
-from framework.cli import main
+from framework.cli.main import main
 from framework.core.config import load_config
 from framework.core.errors import UserError
 from framework.infer.predictor import load_model

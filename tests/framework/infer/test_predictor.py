@@ -15,14 +15,15 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from shapely.geometry import box, shape
 
-from framework.cli import main
+from framework.cli.main import main
 from framework.core.config import load_config
 from framework.data.transforms import letterbox_image
 from framework.core.errors import DataError
 from framework.core.model import SegEarthModel
 from framework.eval.postprocess import unletterbox_probabilities
 from framework.infer.predictor import Predictor, load_model
-from tests.framework.test_bundle import tiny_experiment, write_checkpoint
+from tests.framework.infer.test_bundle import tiny_experiment, write_checkpoint
+from tests.tiny import TINY_IMAGE_PATH, count_rows
 
 QUESTIONS = ["Where could a seaplane land?", "Which areas are paved?", "Where do trees grow?"]
 UTM = CRS.from_epsg(32640)
@@ -84,6 +85,21 @@ def test_the_encoder_runs_once_per_image_whatever_the_number_of_questions(model)
     assert [p.question for p in many] == QUESTIONS * 2
     alone = model.predict(images[1], QUESTIONS[2])
     np.testing.assert_allclose(many[5].probability, alone.probability, rtol=0, atol=1e-5)
+
+
+def test_the_image_only_slots_run_once_per_image_for_all_its_questions(tmp_path):
+    """4 images x 5 questions through ``Predictor``: the encoder, the compressor and the head's pixel decoder see
+    4 rows (one tile batch), the LLM, the projector and the head's decoder 20 (in batches of 8)."""
+    _, cfg = tiny_experiment(tmp_path)
+    cfg["model"].update(TINY_IMAGE_PATH)
+    torch.manual_seed(0)
+    predictor = Predictor(SegEarthModel(cfg["model"]), cfg, batch_size=8)
+    rows = count_rows(predictor.model)
+    images = [scene(64, 64, seed) for seed in range(4)]
+    questions = [f"Where could thing {q} be?" for q in range(5)]
+    predictor.predict_many([(image, q) for image in images for q in questions])
+    assert rows == {"encoder": [4], "compressor": [4], "pixel decoder": [4],
+                    "llm": [8, 8, 4], "projector": [8, 8, 4], "transformer decoder": [8, 8, 4]}
 
 
 def test_georeferenced_area_in_square_metres(model, tmp_path):

@@ -1,6 +1,6 @@
 """Weight averaging (``optim.ema_decay``): the update rule with its warm-up, frozen slots left out, and under a
 real Trainer an average that follows the weights after every optimiser step, is what validation scores, and is
-what the checkpoints give to ``segearth test`` and predict (exact resume: tests/framework/test_resume.py)."""
+what the checkpoints give to ``segearth test`` and predict (exact resume: tests/framework/train/test_checkpointing.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from framework.infer.bundle import checkpoint_config, load_checkpoint_model
+from framework.core.weights import load_checkpoint_model
 from framework.core.config import load_config, with_defaults
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
@@ -116,7 +116,7 @@ def test_fit_validates_and_checkpoints_the_average(tmp_path):
         assert torch.allclose(task.model.state_dict()[k], expected[k], atol=1e-6), k  # fit leaves the average
     assert not torch.allclose(expected["mask_head.mask_embed.2.weight"], probe.steps[-1]["mask_head.mask_embed.2.weight"])
 
-    model = load_checkpoint_model(checkpoint_config(path), path)  # what test, predict and export load
+    model, _ = load_checkpoint_model(path)  # what test, predict and export load
     for k in averaged:
         assert torch.allclose(model.state_dict()[k], expected[k], atol=1e-6), k
     held = checkpoint["ema_training_weights"]  # to resume: the weights the optimiser left

@@ -3,7 +3,7 @@ architecture with random weights, cross_attention, Mask2Former, 1024² input): w
 training step plus one prediction on the CPU.
 
 Heavy (1.4 B parameters; about 3 minutes and 14 GB on one CPU thread): run it on its own,
-``pytest -m slow tests/framework/test_faithful_model.py``.
+``pytest -m slow tests/framework/core/test_faithful_model.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from framework.train.task import SegEarthTask
 
 pytestmark = pytest.mark.slow
 
-EXPERIMENT = Path(__file__).resolve().parents[2] / "experiments" / "segearth_r1" / "earthreason.yaml"
+EXPERIMENT = Path(__file__).resolve().parents[3] / "experiments" / "segearth_r1" / "earthreason.yaml"
 SIZE = 1024
 
 # Parameters per slot, computed once (2026-12) as sum(p.numel() for p in slot.parameters()) over
@@ -35,7 +35,7 @@ SIZE = 1024
 # - llm: Phi-1.5's 24 layers + final norm = 1,208,504,320, plus the input embedding and the LM head (with bias) over
 #   the reference's 50,297 rows (Phi's 50,295 tokens + [PAD] + [SEG]; `embedding_rows`, whatever stand-in tokenizer)
 #   = 206,016,512 + 50,297 bias (the reference drops the LM head bias: 50,297 fewer);
-# - projector: the reference's origin/local/text projectors, D-Projector and SEG projector (notes §1.5), exactly;
+# - projector: the reference's origin/local/text projectors, D-Projector and SEG projector, exactly;
 # - mask_head: pixel decoder + 9-layer masked-attention decoder (also in tests/components/mask_heads/).
 PARAMETERS = {
     "encoder": 86_880_376,
@@ -79,17 +79,18 @@ def test_one_training_step_and_one_prediction_at_1024(task: SegEarthTask) -> Non
     started = time.perf_counter()
 
     task.train()
-    # the frozen encoder runs once, without autograd, in eval mode: its features serve the step and the prediction
+    # the image pass: the frozen encoder without autograd, in eval mode (its maps serve the step and the prediction);
+    # the compressor and pixel decoder with autograd
     features = model.encode(images)
-    assert [tuple(f.shape) for f in features] == [
+    seen = model.see_encoded(features)
+    assert [tuple(f.shape) for f in seen.features] == [
         (1, 128, 256, 256), (1, 256, 128, 128), (1, 512, 64, 64), (1, 1024, 32, 32)
     ]
-    with torch.no_grad():
-        assert tuple(model.compressor(features[-1]).shape) == (1, 64, 2048)  # the 64 visual tokens
-    seconds["encoder"] = time.perf_counter() - started
+    assert tuple(seen.visual_tokens.shape) == (1, 64, 2048)  # the 64 visual tokens
+    seconds["image pass"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    out = model(None, [QUESTION], [ANSWER], features=features)
+    out = model.answer(seen, [QUESTION], answers=[ANSWER])
     terms = task._loss(out, target, point_sampled=task.config["loss"]["point_sample"])
     assert len(out.aux_logits) == 9 and out.lm_loss is not None
     assert all(torch.isfinite(t) for t in terms.values())
@@ -111,7 +112,7 @@ def test_one_training_step_and_one_prediction_at_1024(task: SegEarthTask) -> Non
     started = time.perf_counter()
     task.eval()
     with torch.no_grad():
-        prediction = model(None, [QUESTION], features=features)
+        prediction = model.answer(model.see_encoded(features), [QUESTION])
     seconds["prediction"] = time.perf_counter() - started
     assert tuple(prediction.mask_logits.shape) == (1, SIZE // 4, SIZE // 4) and prediction.output_stride == 4
     assert torch.isfinite(prediction.mask_logits).all()

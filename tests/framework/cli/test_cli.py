@@ -11,10 +11,10 @@ import mlflow
 import pytest
 import yaml
 
-from framework.cli import main
+from framework.cli.main import main
 from tests.tiny import tiny_config, write_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -116,14 +116,14 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path):
 
 def test_bug_keeps_its_traceback(monkeypatch):
     """A programming error is not dressed up as a user error: main lets it through with its traceback."""
-    import framework.cli as cli
+    from framework.cli import components
 
     def broken(args):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "cmd_components", broken)
+    monkeypatch.setattr(components, "run", broken)
     with pytest.raises(RuntimeError, match="a bug"):
-        cli.main(["components"])
+        main(["components"])
 
 
 def test_validate_reports_both_frames(tmp_path, synth_root, capsys):

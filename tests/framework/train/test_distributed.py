@@ -12,12 +12,12 @@ import mlflow
 import pytest
 import torch
 
-from framework.cli import main
+from framework.cli.main import main
 from framework.data.sampling import EpochSampler
 from framework.data.synth import write_synthetic_dataset
 from tests.tiny import tiny_config, write_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 GLOBAL_BATCH = 4
 
 

@@ -14,9 +14,8 @@ from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
 from framework.core.errors import ConfigError
 from framework.core.model import SegEarthModel
-from framework.train.fit import _trainer_kwargs
 from framework.train.task import SegEarthTask
-from framework.train.strategies import NonFiniteLoss, build_strategy, fit_trainer_kwargs
+from framework.train.strategies import NonFiniteLoss, build_strategy, fit_trainer_kwargs, trainer_kwargs
 from tests.tiny import tiny_config, write_config
 
 
@@ -61,7 +60,7 @@ def fit(cfg, tmp_path, *callbacks):
         default_root_dir=tmp_path,
         logger=False,
         callbacks=[*checkpoint_callbacks(tmp_path / "checkpoints", every_n_steps=1), *callbacks],
-        **fit_trainer_kwargs(_trainer_kwargs(cfg), task.model),
+        **fit_trainer_kwargs(trainer_kwargs(cfg), task.model),
     )
     trainer.fit(task, datamodule=ReasoningDataModule(cfg["data"]))
     return task, trainer
@@ -90,7 +89,7 @@ def test_nonfinite_loss_skips_the_step_by_config(resolved, tmp_path):
 
 
 def test_nonfinite_mode_is_checked(resolved):
-    with pytest.raises(ConfigError, match="optim.on_nonfinite must be 'stop' or 'skip'"):
+    with pytest.raises(ConfigError, match="optim.on_nonfinite: expected one of stop, skip, got 'ignore'"):
         resolved("optim.on_nonfinite=ignore")
 
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from framework import losses
+from framework.train import losses
 from framework.core.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import CLASS_CONCEPTS, RELATIONAL_CONCEPTS, write_synthetic_dataset
 from framework.eval.postprocess import unletterbox
 from framework.train.task import SegEarthTask
 from framework.eval.tta import averaged_output
-from tests.tiny import tiny_config, write_config
+from tests.tiny import TINY_IMAGE_PATH, count_rows, tiny_config, write_config
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_native_metrics_score_the_original_pixels(nonsquare_root, tmp_path, tta)
     ious = []
     with torch.no_grad():
         for batch in data.test_dataloader():
-            logits = averaged_output(task.model, batch["image"], batch["question"], tta).mask_logits
+            logits = averaged_output(task.model, batch["image"], batch["question"], batch["image_index"], tta).mask_logits
             for k, i in enumerate(batch["id"].tolist()):
                 truth = torch.from_numpy(np.asarray(Image.open(labels / f"{batch['stem'][k]}.png")) > 0)
                 assert truth.shape == NATIVE_SHAPE
@@ -176,7 +176,8 @@ def test_competition_term_groups_the_rows_the_model_saw_as_one_image(synth_root)
     a, b = torch.rand(2, 3, 64, 64).unbind(0)
     masks = torch.zeros(4, 64, 64)
     masks[0, :32], masks[1, 32:], masks[2, :, :32] = 1, 1, 1
-    out = task.model(torch.stack([a, a, b, b]), ["water?", "roads?", "water?", "fields?"])
+    index = torch.tensor([0, 0, 1, 1])
+    out = task.model(torch.stack([a, b]), ["water?", "roads?", "water?", "fields?"], index)
     terms = task._loss(out, masks, point_sampled=False)
     expected = torch.stack([
         losses.competition_loss(out.mask_logits[:2], masks[:2], torch.zeros(2, dtype=torch.long)),
@@ -189,14 +190,13 @@ def test_competition_term_groups_the_rows_the_model_saw_as_one_image(synth_root)
 
 def test_concept_queries_train_the_projector_only_through_the_query_regression(synth_root, tmp_path):
     cfg = _resolved(tiny_config(data={"root": str(synth_root)}))
-    cfg["model"]["concepts"] = list(CLASS_CONCEPTS + RELATIONAL_CONCEPTS)
+    cfg["model"]["readout"] = {"name": "concept_teacher", "concepts": list(CLASS_CONCEPTS + RELATIONAL_CONCEPTS)}
     cfg["loss"]["concept_query_weight"] = 3.0
     task = SegEarthTask(cfg)
-    teacher = task.model.concept_queries
-    ids = teacher.ids(["water", "road"])
-    out = task.model(torch.rand(2, 3, 64, 64), ["water?", "roads?"], concept_ids=ids)
+    teacher = task.model.readout
+    out = task.model(torch.rand(2, 3, 64, 64), ["water?", "roads?"], concepts=["water", "road"])
     terms = task._loss(out, torch.zeros(2, 64, 64), point_sampled=False)
-    torch.testing.assert_close(terms["concept_query"], ((out.queries - teacher.queries.weight[ids][:, None]) ** 2).mean())
+    torch.testing.assert_close(terms["concept_query"], out.terms["concept_query"])
     torch.testing.assert_close(terms["loss"] - 3.0 * terms["concept_query"], 5.0 * terms["mask_bce"] + 5.0 * terms["mask_dice"])
     terms["concept_query"].backward()  # the regression moves the projector, never its teacher
     assert teacher.queries.weight.grad is None
@@ -204,16 +204,16 @@ def test_concept_queries_train_the_projector_only_through_the_query_regression(s
     # a fit gives the concept queries their own optimiser group and checkpoints them
     cfg["trainer"]["limit_train_batches"] = 2
     task, trainer = fit_tiny(cfg, tmp_path)
-    assert "concepts" in {g["name"] for g in trainer.optimizers[0].param_groups}
+    assert "readout" in {g["name"] for g in trainer.optimizers[0].param_groups}
     trainer.save_checkpoint(tmp_path / "c.ckpt")
-    assert "model.concept_queries.queries.weight" in torch.load(tmp_path / "c.ckpt", weights_only=False)["state_dict"]
+    assert "model.readout.queries.weight" in torch.load(tmp_path / "c.ckpt", weights_only=False)["state_dict"]
 
 
 def test_concept_choice_test_rows_name_the_concept_that_answered(synth_root, tmp_path):
     from framework.eval.report import concept_table
 
     cfg = _resolved(tiny_config(data={"root": str(synth_root), "eval_batch_size": 3}))
-    cfg["model"].update(concepts=list(CLASS_CONCEPTS + RELATIONAL_CONCEPTS), concept_readout="choice")
+    cfg["model"]["readout"] = {"name": "concept_choice", "concepts": list(CLASS_CONCEPTS + RELATIONAL_CONCEPTS)}
     L.seed_everything(cfg["seed"], verbose=False)
     task = SegEarthTask(cfg).eval()
     data = ReasoningDataModule(cfg["data"], seed=0)
@@ -226,8 +226,7 @@ def test_concept_choice_test_rows_name_the_concept_that_answered(synth_root, tmp
         for row in samples[:3]:
             item = dataset[row["id"]]
             assert (item["id"], item["question"]) == (row["id"], row["question"])
-            routed = task.model(item["image"][None], [item["question"]]).routed
-            assert row["routed"] == task.model.concept_queries.concepts[int(routed)]
+            assert row["routed"] == task.model(item["image"][None], [item["question"]]).notes["routed"][0]
     header, _, *lines = concept_table(samples).strip().splitlines()
     assert header.endswith("| routed to it |")
     for line in lines:  # the last column: how many of the concept's questions were routed to it
@@ -235,3 +234,23 @@ def test_concept_choice_test_rows_name_the_concept_that_answered(synth_root, tmp
         asked = [s for s in samples if s["concept"] == cells[0]]
         assert cells[-1] == f"{sum(s['routed'] == cells[0] for s in asked)}/{len(asked)}"
     assert len(lines) == len({s["concept"] for s in samples})
+
+
+class CountRows(L.Callback):
+    def on_fit_start(self, trainer, task):
+        self.rows = count_rows(task.model)
+
+
+def test_a_training_step_runs_the_image_only_slots_once_per_image(tmp_path):
+    """4 images x 5 questions (``data.questions_per_image``): the encoder, the compressor and the head's pixel
+    decoder see 4 rows in one call each, the LLM, the projector and the head's decoder 20."""
+    root = tmp_path / "synth"
+    write_synthetic_dataset(root, n=12, seed=0, image_size=64, samples_per_scene=5)
+    # one phrasing per sample: an image's 5 samples are one visit, so a batch of 4 visits holds 4 images
+    cfg = tiny_config(data={"root": str(root), "batch_size": 20, "questions_per_image": 5, "train_questions": "first"})
+    cfg["model"].update(TINY_IMAGE_PATH)
+    cfg["trainer"].update(limit_train_batches=1, limit_val_batches=0)
+    counter = CountRows()
+    fit_tiny(_resolved(cfg), tmp_path, [counter])
+    assert counter.rows == {"encoder": [4], "compressor": [4], "pixel decoder": [4],
+                            "llm": [20], "projector": [20], "transformer decoder": [20]}

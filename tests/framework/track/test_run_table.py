@@ -16,7 +16,7 @@ import pytest
 from framework.track.run_table import render, runs_table
 from framework.core.errors import UserError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,14 @@ import mlflow
 import pytest
 import torch
 
-from framework.cli import main
+from framework.cli.main import main
 from framework.core.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
 from framework.train.task import SegEarthTask
 from tests.tiny import tiny_config, write_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 N_TEST = 5
 
 

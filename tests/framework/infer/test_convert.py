@@ -22,8 +22,9 @@ from components.mask_heads.mask2former import Mask2FormerHead
 import yaml
 
 from framework.infer.bundle import open_bundle
-from framework.cli import main
-from framework.infer.convert import add_convert_parser, convert_mask2former, convert_segearth_r1, read_detectron2_checkpoint
+from framework.cli.main import main
+from framework.cli import convert as convert_command
+from framework.infer.convert import convert_mask2former, convert_segearth_r1, read_detectron2_checkpoint
 from framework.core.errors import ConfigError
 from framework.infer.predictor import load_model
 
@@ -310,7 +311,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path) -> None:
 
 def test_command(source, tmp_path, capsys) -> None:
     parser = argparse.ArgumentParser()
-    add_convert_parser(parser.add_subparsers(dest="command", required=True))
+    convert_command.add_parser(parser.add_subparsers(dest="command", required=True))
     src = write_pkl(tmp_path / "model_final.pkl", source)
     dst = tmp_path / "out" / "swin_b.safetensors"
     args = parser.parse_args(["convert", "mask2former", str(src), str(dst)])
@@ -334,7 +335,7 @@ def test_command(source, tmp_path, capsys) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ segearth-r1
-# The published SegEarth-R1 checkpoint (HF folder, llava_phi) by the reference's module names (notes §1; the
+# The published SegEarth-R1 checkpoint (HF folder, llava_phi) by the reference's module names (the
 # segearth_r1 model is a PhiForCausalLM whose ``model`` holds the Swin ``vision_tower`` and the SparseConv_1
 # ``mm_projector``; the D-Projector, pixel decoder and predictor hang off the top), at a scaled-down size.
 R1_LLM = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
@@ -373,7 +374,7 @@ def segearth_r1_shapes(a: Arch = NANO) -> dict[str, tuple]:
         shapes |= linear(f"model.layers.{i}.mlp.fc1", inner, d) | linear(f"model.layers.{i}.mlp.fc2", d, inner)
         shapes |= norm(f"model.layers.{i}.input_layernorm", d)
     shapes |= norm("model.final_layernorm", d)
-    shapes["lm_head.weight"] = (v, d)  # re-created without bias (notes §1.3)
+    shapes["lm_head.weight"] = (v, d)  # re-created without bias
     shapes["seg_query"] = (100, d)
     shapes |= linear("text_projector", R1_DIM, d) | linear("origin_SEG_token_projector", R1_DIM, d)
     shapes |= linear("local_project", R1_DIM, c5) | linear("SEG_token_projector", a.hidden, 2 * R1_DIM)

@@ -18,13 +18,13 @@ import mlflow
 import pytest
 from PIL import Image
 
-from framework.cli import main
+from framework.cli.main import main
 from framework.core.config import load_config
 from framework.core.errors import UserError
 from framework.track.mlflow_run import LOCAL_STORE, SERVER_TIMEOUT_S, make_logger
 from tests.tiny import tiny_config, write_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 EXPERIMENT = "tracking-e2e"
 
 

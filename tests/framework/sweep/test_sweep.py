@@ -15,13 +15,13 @@ import psutil
 import pytest
 import yaml
 
-from framework.cli import main
+from framework.cli.main import main
 from framework.core.errors import ConfigError
 from framework.core.model import check_model_config
 from framework.sweep.spec import apply_params, load_sweep, sample
 from tests.tiny import tiny_config, write_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 POSTGRES_URL = os.environ.get("SEGEARTH_TEST_POSTGRES_URL")
 
 TINY_SPACE = {

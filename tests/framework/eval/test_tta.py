@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from framework.core.config import load_config
+from framework.core.config import TTA_MODES, load_config
 from framework.data.augment import Geometry
 from framework.core.errors import ConfigError
 from framework.core.model import SegEarthModel
 from framework.infer.predictor import Predictor, predict_options
-from framework.eval.tta import TTA_MODES, ViewAverage, averaged_output, from_view, questions_in_view, to_view, tta_views
-from tests.framework.test_bundle import tiny_experiment
+from framework.eval.tta import TTA_VIEWS, ViewAverage, averaged_output, from_view, questions_in_view, to_view, tta_views
+from tests.framework.infer.test_bundle import tiny_experiment
 from tests.tiny import tiny_config, write_config
 
-DIHEDRAL = TTA_MODES["dihedral"]
+DIHEDRAL = TTA_VIEWS["dihedral"]
 
 
 @pytest.mark.parametrize("view", DIHEDRAL, ids=str)
@@ -42,7 +42,8 @@ def test_modes():
     assert len({tuple(i.flatten().tolist()) for i in images}) == 8  # the 8 symmetries of the square, no repeat
     assert tta_views(None) == tta_views("none") == (Geometry(),)
     assert len(tta_views("flips")) == 4 and all(v.quarter_turns == 0 for v in tta_views("flips"))
-    assert all(modes[0] == Geometry() for modes in TTA_MODES.values())  # the identity first
+    assert all(modes[0] == Geometry() for modes in TTA_VIEWS.values())  # the identity first
+    assert tuple(TTA_VIEWS) == TTA_MODES  # every mode the config accepts has its views
     with pytest.raises(ConfigError, match="unknown mode 'rot'"):
         tta_views("rot")
 
@@ -85,12 +86,12 @@ def test_dihedral_tta_makes_the_prediction_rotate_with_the_image(tiny_model):
     images = torch.randn(2, 3, 64, 64)
     questions = ["Where could a boat moor?", "Where do trees grow?"]
     with torch.no_grad():
-        plain = averaged_output(tiny_model, images, questions, "none").mask_logits
-        tta = averaged_output(tiny_model, images, questions, "dihedral").mask_logits
+        plain = averaged_output(tiny_model, images, questions, None, "none").mask_logits
+        tta = averaged_output(tiny_model, images, questions, None, "dihedral").mask_logits
         for view in (Geometry(quarter_turns=1), Geometry(hflip=True, quarter_turns=1)):
-            seen = averaged_output(tiny_model, to_view(images, view), questions, "dihedral").mask_logits
+            seen = averaged_output(tiny_model, to_view(images, view), questions, None, "dihedral").mask_logits
             assert torch.allclose(seen, to_view(tta, view), atol=1e-5)
-            alone = averaged_output(tiny_model, to_view(images, view), questions, "none").mask_logits
+            alone = averaged_output(tiny_model, to_view(images, view), questions, None, "none").mask_logits
             assert not torch.allclose(alone, to_view(plain, view), atol=1e-3)  # the model alone is not invariant
     assert torch.equal(plain, tiny_model(images, questions).mask_logits)
 
@@ -110,7 +111,7 @@ def test_predictor_with_tta_is_the_evaluators_tta(tmp_path):
 
 
 def test_bad_tta_settings_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="eval.tta must be one of none, flips, dihedral, got 'all'"):
+    with pytest.raises(ConfigError, match="eval.tta: expected one of none, flips, dihedral, got 'all'"):
         load_config(write_config(tmp_path / "c.yaml", tiny_config(eval={"tta": "all"})))
     with pytest.raises(ConfigError, match="predict.tta: expected one of"):
         predict_options({}, tta="mirror")

@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from framework.train.checkpointing import AtomicCheckpointIO
-from framework.cli import main
+from framework.cli.main import main
 from framework.core.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
 from tests.tiny import tiny_config, write_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # one thread, as the in-process run
 EPOCHS, STEPS_PER_EPOCH = 2, 4
 
