@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import Section, Target, timed
 from benchmarks.models import QUESTION, staged_forward
 
-# Why a stage runs below 10 % of the matmul ceiling (checked against the torch profiler, benchmarks/NOTES.md).
+# Why a stage runs below 10 % of the matmul ceiling (checked against the torch profiler, docs/results/performance.md).
 BOUNDS = {
     "encoder": "window attention on 144-token windows: many small matmuls, plus LayerNorm/GELU/roll/pad copies",
     "compressor": "two strided 3x3 convs on a 32² map: a few large GEMMs; little else",

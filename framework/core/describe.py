@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import components  # noqa: F401  (registers every component)
 from framework.core.errors import UserError
 from framework.core.readout import READOUTS
 from framework.core.registry import SLOT_REGISTRIES, Registry
@@ -30,8 +31,6 @@ def _describe(name: str, registry: Registry, injected: tuple[str, ...], options:
 def describe_components(slot: str | None = None, more: Mapping[str, Registry] | None = None) -> str:
     """Every slot's components and the read-outs (plus the registries in ``more``, e.g. the dataset formats), or
     only ``slot``'s."""
-    import components  # noqa: F401  (registers every component)
-
     table: dict[str, tuple[Registry, tuple[str, ...], Mapping[str, Any]]] = {
         spec.name: (SLOT_REGISTRIES[spec.name], spec.injected, spec.options) for spec in SLOTS
     }

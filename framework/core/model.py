@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import components  # noqa: F401  (registers every component)
 from framework.core.errors import ConfigError
 from framework.core.readout import READOUTS
 from framework.core.registry import SLOT_REGISTRIES
@@ -47,8 +48,6 @@ def split_slot_config(slot: str, cfg: dict[str, Any]) -> tuple[dict[str, Any], d
 
 def check_model_config(model_cfg: dict[str, Any]) -> None:
     """Check every slot config and the read-out against their components' signatures without building anything."""
-    import components  # noqa: F401  (registers every component)
-
     for spec in SLOTS:
         cfg = model_cfg.get(spec.name)
         if cfg is None:

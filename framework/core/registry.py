@@ -136,7 +136,10 @@ class Registry:
         if "name" not in cfg:
             raise ConfigError(f"{where}: missing 'name' (one of: {', '.join(self.names())})")
         name = cfg["name"]
-        obj = self.get(name)
+        try:
+            obj = self.get(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
         signature = inspect.signature(obj)
         hints = typing.get_type_hints(obj.__init__) if inspect.isclass(obj) else typing.get_type_hints(obj)
         params = {

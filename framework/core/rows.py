@@ -46,7 +46,7 @@ def take_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return tensor.expand(index.shape[0], *tensor.shape[1:])
     if index.shape[0] == tensor.shape[0] and torch.equal(index, torch.arange(index.shape[0], device=index.device)):
         return tensor
-    return tensor.index_select(0, index)
+    return tensor[index]  # not index_select: indexing keeps a channels-last layout, which the convolutions after need
 
 
 def map_tensors(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:

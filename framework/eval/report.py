@@ -71,7 +71,7 @@ def concept_table(samples: list[dict[str, Any]]) -> str:
         return ""
     frames = ["", NATIVE] if f"{NATIVE}iou" in samples[0] else [""]
     titles = [f"{'native ' if frame else ''}{title}" for frame in frames for title in ("gIoU", "cIoU")]
-    routed = "routed" in samples[0]  # model.concept_readout: choice names the concept that answered
+    routed = "routed" in samples[0]  # the concept_choice read-out names the concept that answered
     if routed:
         titles.append("routed to it")
     lines = ["", "| concept | n | " + " | ".join(titles) + " |", "|---" * (len(titles) + 2) + "|"]

@@ -25,7 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from framework.core.config import load_config
 from framework.core.errors import ConfigError
+from framework.core.model import SegEarthModel
+from framework.infer.bundle import write_bundle
 
 SUFFIXES_IN = (".pkl", ".pth", ".pt")
 SUFFIXES_OUT = (".safetensors", ".pth", ".pt")
@@ -360,8 +363,6 @@ def read_hf_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def segearth_r1_config(hf_config: dict, base: str | Path, tokenizer: Path | None) -> dict:
     """The experiment ``base`` (default: our faithful EarthReason config) with the LLM architecture of the
     checkpoint's ``config.json`` and, when the checkpoint folder has one, its tokenizer."""
-    from framework.core.config import load_config
-
     if hf_config.get("model_type") != "llava_phi":
         raise ConfigError(
             f"config.json: model_type {hf_config.get('model_type')!r}, a SegEarth-R1 checkpoint has 'llava_phi'"
@@ -381,9 +382,6 @@ def convert_segearth_r1(
     """Convert a published SegEarth-R1 checkpoint folder ``src`` into a model bundle ``dst`` (``segearth
     predict --model DST``, ``segearth test CONFIG --ckpt DST``), built from ``config`` with the checkpoint's LLM
     architecture. Every tensor of the model must receive one, with its shape."""
-    from framework.core.model import SegEarthModel
-    from framework.infer.bundle import write_bundle
-
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
         raise ConfigError(f"{dst} exists (use --overwrite to replace it)")

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image
 
 from framework.core.errors import DataError, UserError
+from framework.data.geo import mask_geojson, write_json, write_mask_geotiff
+from framework.eval.overlays import render_overlay
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 OVERLAY_MAX_SIDE = 2048  # overlays of larger scenes are downscaled (the masks and GeoTIFFs keep full size)
@@ -85,8 +87,6 @@ def _read_text(path: Path) -> str:
 
 
 def _overlay(prediction) -> Image.Image:
-    from framework.eval.overlays import render_overlay
-
     pixels, mask = prediction.image.pixels, prediction.mask
     height, width = mask.shape
     factor = OVERLAY_MAX_SIDE / max(height, width)
@@ -101,8 +101,6 @@ def _overlay(prediction) -> Image.Image:
 
 def write_sample(prediction, index: int, folder: Path) -> dict:
     """The files of one prediction in ``folder``; returns its predictions.jsonl row (file names relative)."""
-    from framework.data.geo import mask_geojson, write_json, write_mask_geotiff
-
     stem = f"{index:04d}_{prediction.image.name}"
     row = {"index": index, **prediction.record(), "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png"}
     Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(folder / row["mask"])

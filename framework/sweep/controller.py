@@ -30,7 +30,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from framework.core.config import load_config, save_config
 from framework.core.errors import ConfigError, UserError
+from framework.sweep.report import child_tags, parent_run, sync_child_runs, write_report
 from framework.sweep.spec import SweepSpec, apply_params, load_sweep, make_pruner, make_sampler, sample
 from framework.sweep.storage import COUNTED, DEFAULT_STORAGE, PRUNED_ATTR, open_rdb, redact, study_lock, sweep_dir
 
@@ -86,8 +88,6 @@ class Controller:
     def open(self):
         """Create or load the study; the first controller enqueues the fixed trials and opens the MLflow parent."""
         import optuna
-
-        from framework.sweep.report import parent_run
 
         self.dir.mkdir(parents=True, exist_ok=True)
         with self.lock():
@@ -161,8 +161,6 @@ class Controller:
         """Run one asked trial to its end and tell Optuna; a controller bug fails the trial before it propagates."""
         from optuna.trial import TrialState
 
-        from framework.sweep.report import sync_child_runs
-
         started = time.time()
         with Heartbeat(self.storage, trial._trial_id, self.spec.heartbeat_s):
             try:
@@ -182,8 +180,6 @@ class Controller:
     def _execute(self, trial) -> tuple[dict[str, Any], Any, float | None, Path]:
         """Sample, write the config, run the job, read its outcome: (params, TrialState, value, log path)."""
         from optuna.trial import TrialState
-
-        from framework.core.config import load_config, save_config
 
         params = sample(trial, self.spec.space)
         trial_dir = self.dir / f"trial-{trial.number:04d}"
@@ -219,8 +215,6 @@ class Controller:
 
         The job learns its trial from ``trial.json`` beside the config: where to report for pruning and the tags
         that nest its MLflow run under the study's (``framework.sweep.trial``)."""
-        from framework.sweep.report import child_tags
-
         trial_file = config_path.with_name(TRIAL_FILE)
         trial_file.write_text(json.dumps({
             "storage": self.url,
@@ -279,8 +273,6 @@ def run_sweep(
     """Run (``trials``) and report (``report``) the study of the sweep YAML ``sweep`` with ``workers`` controllers;
     ``n_trials`` / ``timeout`` override the file's budget. A study left short of its budget is a UserError that says
     how to resume it."""
-    from framework.sweep.report import write_report
-
     if workers < 1:
         raise UserError(f"--workers: at least 1, got {workers}")
     spec = load_sweep(sweep)

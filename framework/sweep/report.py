@@ -19,6 +19,7 @@ import yaml
 
 from framework.sweep.spec import SweepSpec
 from framework.sweep.storage import PRUNED_ATTR, redact, sweep_dir
+from framework.track.run_info import flatten, run_tags
 
 PARENT_ATTR = "mlflow.parent_run_id"  # study user attribute holding the parent run's id
 
@@ -34,8 +35,6 @@ def _client(spec: SweepSpec):
 
 def parent_run(spec: SweepSpec, study, storage_url: str) -> str | None:
     """The study's MLflow parent run (created by the first controller, marked RUNNING again on resume)."""
-    from framework.track.mlflow_run import flatten, run_tags
-
     client = _client(spec)
     if client is None:
         return None

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from framework.core.config import _read_yaml, load_config
 from framework.core.errors import ConfigError
 
 SAMPLERS = ("tpe", "random")
@@ -251,8 +252,6 @@ def _parse_enqueued(raw: Any, space: list[Param], index: int) -> dict[str, Any]:
 
 def _check_experiment(cfg: dict[str, Any], where: str) -> None:
     """Run ``load_config`` (schema, component signatures) on a trial config, naming ``where`` on failure."""
-    from framework.core.config import load_config
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trial.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -274,8 +273,6 @@ def _representative(space: list[Param], fixed: dict[str, Any]) -> dict[str, Any]
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep YAML; every trial config it can produce is checked against the schema."""
-    from framework.core.config import _read_yaml, load_config
-
     path = Path(path)
     raw = _read_yaml(path)
     _only(raw, TOP_KEYS, str(path))

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from framework.core.errors import ConfigError, UserError
+from framework.eval.overlays import write_overlays
 from framework.track.run_info import LOCAL_STORE, flatten, run_tags
 
 SERVER_TIMEOUT_S = 3.0  # MLflow's own client retries an unreachable server for minutes
@@ -198,8 +199,6 @@ class ValOverlays(L.Callback):
         if not trainer.is_global_zero or trainer.sanity_checking or not pl_module.val_overlay_predictions:
             return
         from PIL import Image
-
-        from framework.eval.overlays import write_overlays
 
         # the step Lightning logs the validation metrics at (LearningRateMonitor reads the same counter)
         step = trainer.fit_loop.epoch_loop._batches_that_stepped

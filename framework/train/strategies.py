@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from framework.core.errors import ConfigError, UserError
+from framework.train.checkpointing import AtomicCheckpointIO, last_checkpoint
 
 RUN_DIR_ENV = "SEGEARTH_RUN_DIR"
 RENDEZVOUS_TIMEOUT_S = 600.0
@@ -152,8 +153,6 @@ def build_strategy(name: Any, model: torch.nn.Module) -> Any:
 def fit_trainer_kwargs(trainer_kwargs: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
     """``trainer:`` arguments for ``fit``: the strategy built by ``build_strategy`` and, where Lightning writes
     checkpoints through a ``CheckpointIO`` (all but DeepSpeed, which writes its own folders), atomic writes."""
-    from framework.train.checkpointing import AtomicCheckpointIO
-
     kwargs = dict(trainer_kwargs)
     strategy = kwargs.get("strategy", "auto")
     kwargs["strategy"] = build_strategy(strategy, model)
@@ -181,8 +180,6 @@ def guard_loss(task, loss: torch.Tensor, batch: dict) -> torch.Tensor:
     ids = sorted(int(i) for part in task._gather(batch["id"].tolist()) for i in part)
     where = f"step {trainer.global_step} (epoch {trainer.current_epoch}), samples {ids}"
     if task.config["optim"]["on_nonfinite"] == "stop":
-        from framework.train.checkpointing import last_checkpoint
-
         last = last_checkpoint(trainer)
         raise NonFiniteLoss(
             f"non-finite training loss ({float(loss.detach())}) at {where}; last good checkpoint: "

@@ -127,3 +127,29 @@ def test_component_validation_at_load_time(tmp_path):
         load_config(path, ["model.projector.name=mlpp"])
     with pytest.raises(ConfigError, match="model.mask_head.dimm: unknown parameter"):
         load_config(path, ["model.mask_head.dimm=3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.slot_lr_scale.decoder=0.5", r"optim.slot_lr_scale: unknown slot\(s\) \['decoder'\]; slots: encoder, "),
+        ("optim.slot_lr_scale.encoder=-1", r"optim.slot_lr_scale.encoder: expected a number >= 0, got -1"),
+        ("optim.lr=-0.1", r"optim.lr: expected a number >= 0"),
+        ("optim.warmup_ratio=1.0", r"optim.warmup_ratio: expected a fraction in \[0, 1\)"),
+        ("data.batch_size=0", r"data.batch_size: expected a number >= 1, got 0"),
+        ("data.questions_per_image=3", r"data.questions_per_image: 3 must divide data.batch_size \(2\)"),
+        ("data.on_bad_sample=ignore", r"data.on_bad_sample: expected one of error, skip"),
+        ("data.augment.hflip=2", r"data.augment.hflip: expected a probability in \[0, 1\]"),
+        ("eval.tta=all", r"eval.tta: expected one of none, flips, dihedral"),
+        ("predict.overlap=1.5", r"predict.overlap: expected a fraction in \[0, 1\)"),
+        ("model.readout.name=argmax", r"model.readout: unknown readout 'argmax'"),
+    ],
+)
+def test_the_whole_config_is_checked_when_it_is_loaded(tmp_path, override, message):
+    path = write(tmp_path, "c.yaml", BASE)
+    with pytest.raises(ConfigError, match=f"^{path}: {message}"):
+        load_config(path, [override])  # before any data or model is built
+
+
+def test_the_read_out_defaults_to_the_projectors_queries(tmp_path):
+    assert load(write(tmp_path, "c.yaml", BASE))["model"]["readout"] == {"name": "query"}

@@ -293,6 +293,6 @@ def test_experiment_keeps_the_demo_weights_and_is_tested_on_tile_6():
     # one concept per class the converter writes, each pixel chosen among them
     assert cfg["model"]["readout"]["name"] == "concept_choice" and sorted(cfg["model"]["readout"]["concepts"]) == sorted(CLASSES)
     assert cfg["loss"]["competition_weight"] == 0
-    assert cfg["optim"]["weight_decay"] == 1.0  # only the projector and the head train (README "Real imagery")
+    assert cfg["optim"]["weight_decay"] == 1.0  # only the projector and the head train (docs/results/dubai.md)
     assert cfg["data"]["batch_size"] % cfg["data"]["questions_per_image"] == 0
     assert (cfg["data"]["root"], cfg["data"]["val_split"], cfg["data"]["test_split"]) == ("data/dubai", "val", "val")
