@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 import components  # noqa: F401  (registers every component)
-from framework.core.contracts import LLMOutput, MaskHeadOutput
-from framework.core.contracts import Compressor, Encoder, LanguageModel, MaskHead, Projector
+from framework.core.contracts import Compressor, Encoder, LanguageModel, LLMOutput, MaskHead, MaskHeadOutput, Projector
 from framework.core.registry import SLOT_REGISTRIES as SLOTS
 from framework.core.rows import map_tensors
 from framework.core.slots import SLOT_NAMES

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components.compressors.perceiver import PerceiverCompressor
 from components._attention import sine_position_encoding_2d
+from components.compressors.perceiver import PerceiverCompressor
 from framework.core.errors import ConfigError
 
 

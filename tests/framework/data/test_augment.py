@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from framework.core.config import AUGMENT_OPTIONS, DataSchema
+from framework.core.errors import ConfigError
 from framework.data import synth
 from framework.data.augment import (
     Geometry,
@@ -22,7 +23,6 @@ from framework.data.augment import (
 )
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
-from framework.core.errors import ConfigError
 
 H, W = 36, 52
 NEUTRAL = "Which area is covered by open water?"

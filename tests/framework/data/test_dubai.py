@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from framework.cli.main import main
+from framework.core.errors import DataError
 from framework.data import dubai
 from framework.data.dubai import CLASS_COLOURS, CLASSES, PHRASINGS, QUESTIONS_PER_SAMPLE, SPLITS, convert_dubai
 from framework.data.earthreason import EarthReasonDataset
-from framework.core.errors import DataError
 from tests.conftest import SHARED_DATA
 
 DUBAI = SHARED_DATA / "dubai-aerial"

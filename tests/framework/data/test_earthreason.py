@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from framework.core.errors import DataError
 from framework.data.datamodule import ShuffledQuestions
 from framework.data.earthreason import NO_TARGET_ANSWER, EarthReasonDataset
 from framework.data.transforms import box_mask, letterbox_geometry
-from framework.core.errors import DataError
 
 
 def write_sample(root: Path, stem: str, size=(40, 30), questions=("q1?", "q2?"), answer=("a",), fill=True):

@@ -3,11 +3,11 @@ import pytest
 import torch
 from PIL import Image
 
+from framework.core.errors import ConfigError
 from framework.data.augment import QuestionAwareAugment
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.grouping import ImageGroups
 from framework.data.samples import MaskFile, Sample, SampleDataset
-from framework.core.errors import ConfigError
 
 
 class Listed(SampleDataset):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framework.data.images import read_image, read_mask
 from framework.core.errors import ConfigError, DataError
+from framework.data.images import read_image, read_mask
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (12, 16, 3), dtype=np.uint8)

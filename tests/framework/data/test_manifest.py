@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from framework.core.errors import DataError
 from framework.data.manifest import ManifestDataset
 from framework.data.samples import NO_TARGET_ANSWER
-from framework.core.errors import DataError
 
 TARGET = np.zeros((16, 24), bool)
 TARGET[4:10, 3:20] = True

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from framework.data.refsegrs import RefSegRSDataset
 from framework.core.errors import DataError
+from framework.data.refsegrs import RefSegRSDataset
 
 TARGET = np.zeros((20, 20), bool)
 TARGET[5:15, 2:9] = True

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from framework.core.errors import DataError
 from framework.data.rrsisd import RRSISDDataset, decode_rle, decode_segmentation, rle_counts_from_string
 from framework.data.transforms import letterbox_geometry
-from framework.core.errors import DataError
 
 RNG = np.random.default_rng(0)
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from framework.core.errors import ConfigError, DataError
 from framework.data.augment import QuestionAwareAugment
 from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset, collate
-from framework.core.errors import ConfigError, DataError
 
 
 class Listed(SampleDataset):

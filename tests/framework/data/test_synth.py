@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from framework.core.errors import DataError
 from framework.data import synth
 from framework.data.synth import (
     CLASS_CONCEPTS,
@@ -22,7 +23,6 @@ from framework.data.synth import (
     split_sizes,
     write_synthetic_dataset,
 )
-from framework.core.errors import DataError
 
 SIZE = 128
 SCENES = 100  # 300 samples: enough to pin the shares of no-target and relational questions

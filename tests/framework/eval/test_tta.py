@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from framework.core.config import TTA_MODES, load_config
-from framework.data.augment import Geometry
 from framework.core.errors import ConfigError
 from framework.core.model import SegEarthModel
-from framework.infer.predictor import Predictor, predict_options
+from framework.data.augment import Geometry
 from framework.eval.tta import TTA_VIEWS, ViewAverage, averaged_output, from_view, questions_in_view, to_view, tta_views
+from framework.infer.predictor import Predictor, predict_options
 from tests.framework.infer.test_bundle import tiny_experiment
 from tests.tiny import tiny_config, write_config
 

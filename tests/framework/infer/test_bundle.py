@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from framework.infer.bundle import WEIGHTS_FILE, open_bundle
 from framework.cli.main import main
 from framework.core.config import load_config
 from framework.core.errors import UserError
+from framework.infer.bundle import WEIGHTS_FILE, open_bundle
 from framework.infer.predictor import load_model
 from framework.train.task import SegEarthTask
 from tests.tiny import tiny_config, write_config
@@ -97,6 +97,7 @@ def test_lora_is_merged_on_request(tmp_path, image):
     assert main(["export", str(config_path), "--ckpt", str(ckpt), "--out", str(tmp_path / "adapters")]) == 0
     merged, adapters = open_bundle(tmp_path / "merged"), open_bundle(tmp_path / "adapters")
     assert "lora" not in merged.config["model"]["llm"] and merged.info["merged_lora"] is True
+    assert "lora" in adapters.config["model"]["llm"] and not adapters.info["merged_lora"]
     assert not any("lora_" in k for k in _keys(tmp_path / "merged" / WEIGHTS_FILE))
     assert any("lora_" in k for k in _keys(tmp_path / "adapters" / WEIGHTS_FILE))
     want = load_model(ckpt).predict(image, QUESTION).probability

@@ -15,17 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from components.encoders.swin import SwinEncoder
 from components.mask_heads.mask2former import Mask2FormerHead
-import yaml
-
-from framework.infer.bundle import open_bundle
-from framework.cli.main import main
 from framework.cli import convert as convert_command
-from framework.infer.convert import convert_mask2former, convert_segearth_r1, read_detectron2_checkpoint
+from framework.cli.main import main
 from framework.core.errors import ConfigError
+from framework.infer.bundle import open_bundle
+from framework.infer.convert import convert_mask2former, convert_segearth_r1, read_detectron2_checkpoint
 from framework.infer.predictor import load_model
 
 STRIDES = [4, 8, 16, 32]

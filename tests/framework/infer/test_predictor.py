@@ -16,10 +16,9 @@ from rasterio.transform import from_origin
 from shapely.geometry import box, shape
 
 from framework.cli.main import main
-from framework.core.config import load_config
-from framework.data.transforms import letterbox_image
 from framework.core.errors import DataError
 from framework.core.model import SegEarthModel
+from framework.data.transforms import letterbox_image
 from framework.eval.postprocess import unletterbox_probabilities
 from framework.infer.predictor import Predictor, load_model
 from tests.framework.infer.test_bundle import tiny_experiment, write_checkpoint

@@ -13,8 +13,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from framework.track.run_table import render, runs_table
 from framework.core.errors import UserError
+from framework.track.run_table import render, runs_table
 
 REPO = Path(__file__).resolve().parents[3]
 

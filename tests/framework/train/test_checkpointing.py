@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.train.checkpointing import AtomicCheckpointIO
 from framework.cli.main import main
 from framework.core.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import write_synthetic_dataset
+from framework.train.checkpointing import AtomicCheckpointIO
 from tests.tiny import tiny_config, write_config
 
 REPO = Path(__file__).resolve().parents[3]

@@ -8,14 +8,14 @@ import lightning as L
 import pytest
 import torch
 
-from framework.train.checkpointing import checkpoint_callbacks
 from framework.core.config import load_config
-from framework.data.datamodule import ReasoningDataModule
-from framework.data.synth import write_synthetic_dataset
 from framework.core.errors import ConfigError
 from framework.core.model import SegEarthModel
-from framework.train.task import SegEarthTask
+from framework.data.datamodule import ReasoningDataModule
+from framework.data.synth import write_synthetic_dataset
+from framework.train.checkpointing import checkpoint_callbacks
 from framework.train.strategies import NonFiniteLoss, build_strategy, fit_trainer_kwargs, trainer_kwargs
+from framework.train.task import SegEarthTask
 from tests.tiny import tiny_config, write_config
 
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from framework.train import losses
 from framework.core.config import load_config
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import CLASS_CONCEPTS, RELATIONAL_CONCEPTS, write_synthetic_dataset
 from framework.eval.postprocess import unletterbox
-from framework.train.task import SegEarthTask
 from framework.eval.tta import averaged_output
+from framework.train import losses
+from framework.train.task import SegEarthTask
 from tests.tiny import TINY_IMAGE_PATH, count_rows, tiny_config, write_config
 
 

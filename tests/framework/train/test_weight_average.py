@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from framework.core.weights import load_checkpoint_model
 from framework.core.config import load_config, with_defaults
-from framework.data.datamodule import ReasoningDataModule
-from framework.data.synth import write_synthetic_dataset
 from framework.core.errors import ConfigError
 from framework.core.model import SegEarthModel
+from framework.core.weights import load_checkpoint_model
+from framework.data.datamodule import ReasoningDataModule
+from framework.data.synth import write_synthetic_dataset
 from framework.train.task import SegEarthTask
 from framework.train.weight_average import WeightAverage
 from tests.tiny import tiny_config, write_config
