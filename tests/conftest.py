@@ -25,3 +25,13 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def mlflow_uri() -> str:
     return os.environ["MLFLOW_TRACKING_URI"]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset (8 scenes at 64 px, written by the CLI), shared read-only by the session."""
+    from framework.cli.main import main
+
+    root = tmp_path_factory.mktemp("synth")
+    assert main(["data", "synth", "--out", str(root), "--n", "8", "--seed", "1", "--image-size", "64"]) == 0
+    return root

@@ -185,6 +185,22 @@ def add_seg_and_pad_tokens(model: nn.Module, tokenizer, rows: int | None = None)
     return seg_id
 
 
+def keep_first_layers(model: nn.Module, num_layers: int) -> None:
+    """Truncate ``model`` (a transformers causal LM) in place to its first ``num_layers`` decoder layers; the final
+    norm and the LM head stay. Out of range is a ConfigError."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(f"llm.num_layers: {type(model).__name__} keeps no 'layers' list to truncate")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= len(layers):
+        raise ConfigError(f"llm.num_layers: expected an int in [1, {len(layers)}], got {num_layers!r}")
+    decoder.layers = layers[:num_layers]
+    text_config = model.config.get_text_config()
+    text_config.num_hidden_layers = num_layers
+    if getattr(text_config, "layer_types", None):
+        text_config.layer_types = text_config.layer_types[:num_layers]
+
+
 def lora_options(lora: dict) -> dict[str, Any]:
     """The LoRA options with defaults filled in; unknown keys are a ConfigError (checked before any loading)."""
     unknown = set(lora) - set(LORA_DEFAULTS)

@@ -6,11 +6,20 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from components.llms._loading import add_seg_and_pad_tokens, apply_lora, load_causal_lm, lora_options, torch_dtype
+from components.llms._loading import (
+    add_seg_and_pad_tokens,
+    apply_lora,
+    keep_first_layers,
+    load_causal_lm,
+    lora_options,
+    torch_dtype,
+)
 from components.llms._pooling import POOLINGS, AttentionPool, masked_mean
 from components.llms._prompt import (
     IGNORE_INDEX,
+    IMAGE,
     SEG,
     PromptBatch,
     PromptBuilder,
@@ -74,6 +83,11 @@ class HFCausalLM(LanguageModel):
     fingerprint of every parameter (storage, in-place version counter, dtype, device), so trained, reloaded or
     moved weights clear the cache instead of serving stale results.
 
+    ``num_layers``: keep only the first N decoder layers (the final norm and LM head stay): a smaller, faster LLM
+    whose early layers keep their pretrained weights. ``visual_gate``: scale the visual tokens by tanh(g) with a
+    learned scalar g that starts at 0, so the model starts as the text-only one and learns how much of the image
+    to let in (the gate is trained under LoRA too; ``frozen: true`` freezes it with the rest).
+
     ``embedding_rows``: size of the embedding table after ``[SEG]``/pad are added (default: the tokenizer length,
     as the reference resizes). Set it to keep a reference-sized table with a stand-in tokenizer (e.g. 50297 for
     Phi-1.5 with the ``byte`` tokenizer, so parameter counts and memory match the reference).
@@ -96,6 +110,8 @@ class HFCausalLM(LanguageModel):
         pooling: str = "mean",
         question_cache_size: int = 4096,
         embedding_rows: int | None = None,
+        num_layers: int | None = None,
+        visual_gate: bool = False,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -105,10 +121,14 @@ class HFCausalLM(LanguageModel):
             raise ConfigError("llm.pooling: 'seg_token' needs '[SEG]' in llm.template")
         if question_cache_size < 0:
             raise ConfigError(f"llm.question_cache_size: must be >= 0, got {question_cache_size}")
+        if visual_gate and IMAGE not in prompt_pieces:
+            raise ConfigError("llm.visual_gate: the template has no '<image>', so there are no visual tokens to gate")
         lora = None if lora is None else lora_options(lora)
         self.causal_lm, self.tokenizer = load_causal_lm(
             path, package, gguf_file, config, cache_dir, tokenizer, torch_dtype(dtype)
         )
+        if num_layers is not None:
+            keep_first_layers(self.causal_lm, num_layers)
         self.prompt = PromptBuilder(
             self.tokenizer, prompt_pieces, answer_pieces, add_seg_and_pad_tokens(self.causal_lm, self.tokenizer, embedding_rows)
         )
@@ -121,6 +141,7 @@ class HFCausalLM(LanguageModel):
         self.max_positions: int | None = getattr(text_config, "max_position_embeddings", None)
         self.pooling = pooling
         self.attention_pool = AttentionPool(self.hidden_size) if pooling == "attention_pool" else None
+        self.visual_gate = nn.Parameter(torch.zeros(())) if visual_gate else None
         self._cache_size = question_cache_size
         self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._cache_fingerprint: tuple | None = None
@@ -207,6 +228,8 @@ class HFCausalLM(LanguageModel):
         batch = collate(layouts, self.tokenizer.pad_token_id, self.device)
         embeds = self.causal_lm.get_input_embeddings()(batch.input_ids)
         if visual_tokens is not None:
+            if self.visual_gate is not None:
+                visual_tokens = visual_tokens * torch.tanh(self.visual_gate)
             embeds = embeds.masked_scatter(batch.image_mask.unsqueeze(-1), visual_tokens.to(embeds.dtype))
         hidden = self.causal_lm.base_model(
             inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False

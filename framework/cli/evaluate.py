@@ -8,7 +8,7 @@ from framework.cli.common import add_config_arguments
 
 COMMANDS = {
     "validate": "evaluate a checkpoint on the validation split",
-    "test": "evaluate a checkpoint on the test split (with the shuffled-question control)",
+    "test": "evaluate a checkpoint on the test split (with the shuffled-question and image-blind controls)",
 }
 
 
@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "no_shuffled", False):
         cfg["eval"]["shuffled_control"] = False
+    if getattr(args, "no_image_blind", False):
+        cfg["eval"]["image_blind_control"] = False
     weights = resolve_weights(cfg, args.ckpt) if args.ckpt else None
     evaluate(cfg, weights, stage=args.command, out=args.out)
 
@@ -37,4 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--out", help="folder for results (default: the checkpoint's run folder)")
         if name == "test":
             p.add_argument("--no-shuffled", action="store_true", help="skip the shuffled-question control")
+            p.add_argument(
+                "--no-image-blind", action="store_true",
+                help="skip the image-blind control (questions answered with another image's visual tokens)",
+            )
         p.set_defaults(func=run)

@@ -113,6 +113,8 @@ class EvalSchema:
     tta: str = "none"  # val/test: "none" | "flips" (4 views) | "dihedral" (8): mean logits (framework/eval/tta.py)
     shuffled_control: bool = True
     shuffle_seed: int = 0
+    # `segearth test` of a model with visual tokens: also answer each question with another image's visual tokens
+    image_blind_control: bool = True
     native: bool = True  # also score each image at its native resolution (logits cut out of the letterbox, resized)
     overlays: int = 8  # `segearth test`: PNG overlays of the first N test samples (0 = none)
 

@@ -186,6 +186,12 @@ class SegEarthModel(nn.Module):
         tokens = None if self.compressor is None else self.compressor(features[self.compressor_level])
         return ImagePass(features, tokens, self.mask_head.pixel_features(features))
 
+    def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The compressor's tokens [U,N,D_llm] of images [U,3,H,W] (encoder and compressor only)."""
+        if self.compressor is None:
+            raise ConfigError("the model has no visual tokens (model.compressor is null)")
+        return self.compressor(self.encode(images)[self.compressor_level])
+
     def answer(
         self,
         seen: ImagePass,

@@ -1,8 +1,9 @@
-"""The LightningDataModule: datasets by registered format, letterboxed batches, the shuffled-question control.
-Only the ``train`` stage is augmented (``data.augment``, see ``framework.data.augment``)."""
+"""The LightningDataModule: datasets by registered format, letterboxed batches, the shuffled-question and
+image-blind controls. Only the ``train`` stage is augmented (``data.augment``, see ``framework.data.augment``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +20,23 @@ from framework.data.samples import collate
 from framework.data.sampling import training_loader
 
 
+def derangement(n: int, seed: int) -> list[int]:
+    """A seeded permutation of range(n) without fixed points (n > 1; n = 1 gives [0])."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    for i in range(n):  # move fixed points: swapping with the next position keeps it a permutation
+        if perm[i] == i and n > 1:
+            j = (i + 1) % n
+            perm[i], perm[j] = perm[j].clone(), perm[i].clone()
+    return perm.tolist()
+
+
 class ShuffledQuestions(Dataset):
     """The same samples with questions (and answers) permuted across images by a seeded derangement:
     no sample keeps its own question. A model that reads the question must do worse on this."""
 
     def __init__(self, dataset: Dataset, seed: int = 0) -> None:
         self.dataset = dataset
-        n = len(dataset)
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(n, generator=g)
-        for i in range(n):  # move fixed points: swapping with the next position keeps it a permutation
-            if perm[i] == i and n > 1:
-                j = (i + 1) % n
-                perm[i], perm[j] = perm[j].clone(), perm[i].clone()
-        self.perm = perm.tolist()
+        self.perm = derangement(len(dataset), seed)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -41,6 +45,31 @@ class ShuffledQuestions(Dataset):
         item = dict(self.dataset[index])
         donor = self.dataset.samples[self.perm[index]]
         item["question"], item["answer"] = donor.question, donor.answer
+        return item
+
+
+class ForeignImages(Dataset):
+    """The image-blind control's samples: each item also carries ``foreign_image`` [3,S,S], another image of the
+    split, the same for every sample of its own image (a seeded derangement of the split's distinct image files).
+    The model takes its visual tokens from it and everything else from the item's own image."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0) -> None:
+        self.dataset = dataset
+        keys = [os.path.realpath(sample.image) for sample in dataset.samples]
+        distinct = list(dict.fromkeys(keys))
+        if len(distinct) < 2:
+            raise DataError("image-blind control: the test split has a single image, so there is no other to use")
+        position = {key: n for n, key in enumerate(distinct)}
+        first = {key: keys.index(key) for key in distinct}  # a sample that shows each image
+        perm = derangement(len(distinct), seed)
+        self.donor = [first[distinct[perm[position[key]]]] for key in keys]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item = dict(self.dataset[index])
+        item["foreign_image"] = self.dataset[self.donor[index]]["image"]
         return item
 
 
@@ -76,10 +105,12 @@ class ReasoningDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
 
     def dataset(self, stage: str) -> Dataset:
-        """``train``, ``val``, ``test`` or ``test_shuffled`` (built once, on first use)."""
+        """``train``, ``val``, ``test``, ``test_shuffled`` or ``test_image_blind`` (built once, on first use)."""
         if stage not in self.datasets:
             if stage == "test_shuffled":
                 self.datasets[stage] = ShuffledQuestions(self.dataset("test"), self.shuffled_control_seed)
+            elif stage == "test_image_blind":
+                self.datasets[stage] = ForeignImages(self.dataset("test"), self.shuffled_control_seed)
             else:
                 split = self.cfg[f"{stage}_split"]
                 questions = self.cfg["train_questions"] if stage == "train" else self.cfg["eval_questions"]
@@ -121,3 +152,6 @@ class ReasoningDataModule(L.LightningDataModule):
 
     def shuffled_test_dataloader(self) -> DataLoader:
         return self._loader("test_shuffled", train=False)
+
+    def image_blind_test_dataloader(self) -> DataLoader:
+        return self._loader("test_image_blind", train=False)

@@ -219,16 +219,20 @@ class SampleDataset(Dataset):
 def collate(items: list[dict]) -> dict:
     """A batch of B questions about U distinct images: ``image`` [U,3,S,S] (each distinct image once, in order of
     first occurrence), ``image_index`` [B] (the image each question asks about: items with equal ``image_key``
-    share one), ``native_mask`` a list of B tensors (their sizes differ), everything else ``default_collate``'d."""
+    share one), ``native_mask`` a list of B tensors (their sizes differ), everything else ``default_collate``'d.
+    Items of the image-blind control carry a ``foreign_image`` per image: batched [U,3,S,S] beside ``image``."""
     native = [item.pop("native_mask") for item in items]
     keys = [item.pop("image_key") for item in items]
     pixels = [item.pop("image") for item in items]
+    foreign = [item.pop("foreign_image") for item in items] if "foreign_image" in items[0] else None
     first: dict[str, int] = {}  # image key -> position of its first item, in order of first occurrence
     for position, key in enumerate(keys):
         first.setdefault(key, position)
     order = {key: n for n, key in enumerate(first)}
     batch = default_collate(items)
     batch["image"] = torch.stack([pixels[position] for position in first.values()])
+    if foreign is not None:
+        batch["foreign_image"] = torch.stack([foreign[position] for position in first.values()])
     batch["image_index"] = torch.tensor([order[key] for key in keys])
     batch["native_mask"] = native
     return batch

@@ -1,6 +1,6 @@
-"""Markdown tables of evaluation results: the model beside the shuffled-question control and the trivial floors,
-so gIoU is never read alone (empty-target samples give it a floor), in the letterboxed frame (as the reference
-reports) and, when evaluated, at each image's native resolution."""
+"""Markdown tables of evaluation results: the model beside the shuffled-question and image-blind controls and the
+trivial floors, so gIoU is never read alone (empty-target samples give it a floor), in the letterboxed frame (as
+the reference reports) and, when evaluated, at each image's native resolution."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def results_table(results: dict[str, Any], cfg: dict[str, Any]) -> str:
     ]
     if "test_shuffled" in results:
         lines.append(_row("model, questions shuffled across images", results["test_shuffled"]["metrics"], frames))
+    if "test_image_blind" in results:
+        lines.append(_row("model, visual tokens of another image", results["test_image_blind"]["metrics"], frames))
     lines.append(_row("floor: always predict empty", metrics, frames, "floor_empty_"))
     lines.append(_row("floor: always predict the whole image", metrics, frames, "floor_full_"))
     lines.append("")

@@ -11,12 +11,13 @@ transforms exactly like the image when the frame size divides by s.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from framework.core.errors import ConfigError
 from framework.core.model import ModelOutput, SegEarthModel
+from framework.core.rows import ImagePass
 from framework.data.augment import Geometry, rewrite_directions
 
 # "flips": the identity, left-right, top-bottom and both (a half turn); "dihedral": those and a quarter turn of
@@ -96,17 +97,19 @@ def averaged_output(
     questions: Sequence[str],
     image_index: torch.Tensor | None,
     mode: str | None,
+    see: Callable[[torch.Tensor, Geometry], ImagePass] | None = None,
 ) -> ModelOutput:
     """``model(images [U,3,S,S], questions, image_index)`` with its ``mask_logits`` [B,S/s,S/s] replaced by their
     mean over the views of ``mode``; the other fields are the identity view's (deep-supervision logits for a val
-    loss)."""
+    loss). ``see(images in a view, view)`` replaces ``model.see`` (the image-blind control)."""
     views = tta_views(mode)
-    out = model(images, list(questions), image_index)
+    see = see or (lambda view_images, _: model.see(view_images))
+    out = model.answer(see(images, views[0]), list(questions), image_index)
     if len(views) == 1:
         return out
     mean = ViewAverage()
     mean.add(out.mask_logits, views[0], torch.ones(len(questions), dtype=torch.bool))
     for view in views[1:]:
         asked, valid = questions_in_view(questions, view)
-        mean.add(model(to_view(images, view), asked, image_index).mask_logits, view, valid)
+        mean.add(model.answer(see(to_view(images, view), view), asked, image_index).mask_logits, view, valid)
     return dataclasses.replace(out, mask_logits=mean.result())

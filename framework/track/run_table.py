@@ -16,7 +16,7 @@ from typing import Any
 from framework.core.errors import UserError
 from framework.core.slots import SLOT_NAMES
 
-METRICS = ("val/giou", "val/ciou", "test/giou", "test/ciou", "test_shuffled/giou")
+METRICS = ("val/giou", "val/ciou", "test/giou", "test/ciou", "test_shuffled/giou", "test_image_blind/giou")
 HPARAMS = ("model.compressor.ratio", "optim.lr", "data.image_size")
 START_TIMEOUT_S = 120  # the server and its job workers start slowly on a busy machine
 

@@ -1,5 +1,5 @@
-"""``validate`` / ``test`` of trained weights: the task's metrics over a split, the shuffled-question control, results
-files, overlays and an MLflow run."""
+"""``validate`` / ``test`` of trained weights: the task's metrics over a split, the shuffled-question and
+image-blind controls, results files, overlays and an MLflow run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import lightning as L
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.utilities import rank_zero_only
 
-from framework.core.errors import ConfigError
+from framework.core.errors import ConfigError, DataError
 from framework.core.weights import WeightsSource
 from framework.data.datamodule import ReasoningDataModule
 from framework.eval.overlays import write_overlays
@@ -40,7 +40,9 @@ def evaluate(
     cfg: dict[str, Any], weights: WeightsSource | None, stage: str = "test", out: str | Path | None = None
 ) -> dict:
     """``validate`` or ``test`` ``weights`` (None: the model as built from the config); ``test`` also runs the
-    shuffled-question control (config ``eval.shuffled_control``) and writes results.json + results.md and
+    shuffled-question control (config ``eval.shuffled_control``) and, for a model with visual tokens, the
+    image-blind control (``eval.image_blind_control``: each question answered with another image's visual tokens),
+    and writes results.json + results.md and
     ``eval.overlays`` prediction overlays. Results go to ``out``, else the weights' run folder, else a new one.
 
     Under DDP (``trainer.devices`` > 1, strategy ``ddp``) every process evaluates its share and gets the
@@ -83,6 +85,15 @@ def evaluate(
             if cfg["eval"]["shuffled_control"]:
                 task.test_prefix = "test_shuffled"
                 trainer.test(task, dataloaders=data.shuffled_test_dataloader(), verbose=False)
+            if cfg["eval"]["image_blind_control"] and task.model.compressor is not None:
+                try:
+                    blind = data.image_blind_test_dataloader()
+                except DataError as error:  # a split of one image: the control has no other image to use
+                    if writer:
+                        print(f"{error}: not run")
+                else:
+                    task.test_prefix = "test_image_blind"
+                    trainer.test(task, dataloaders=blind, verbose=False)
             results = dict(task.results)
     results["wall_s"] = round(time.time() - started, 1)
     results["checkpoint"] = weights.source if weights is not None else None

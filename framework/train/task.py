@@ -19,6 +19,7 @@ from torch import nn
 from framework.core.model import ModelOutput, SegEarthModel, upsample_logits
 from framework.core.weights import FROZEN_KEY, MODEL_PREFIX, restore_frozen, slim_state
 from framework.data.transforms import box_mask
+from framework.eval.image_blind import image_blind_see
 from framework.eval.metrics import ReasoningSegMetrics
 from framework.eval.postprocess import unletterbox
 from framework.eval.tta import averaged_output
@@ -40,7 +41,8 @@ class SegEarthTask(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {name: ReasoningSegMetrics() for name in ("val", "test", "val_native", "test_native")}
         )
-        self.test_prefix = "test"  # "test_shuffled" for the shuffled-question control
+        # "test_shuffled": the shuffled-question control; "test_image_blind": visual tokens of another image
+        self.test_prefix = "test"
         self.results: dict[str, dict] = {}
         self.overlay_predictions: dict[int, np.ndarray] = {}  # id -> bool [H0,W0], first ``eval.overlays`` ids
         self.val_overlays = 0  # first N val ids kept per validation (set by tracking.ValOverlays)
@@ -123,8 +125,9 @@ class SegEarthTask(L.LightningModule):
     def _evaluate(self, batch: dict, stage: str) -> ModelOutput:
         """Model output for a batch; updates the letterboxed-frame metric of ``stage`` and, with ``eval.native``,
         the native-resolution one; keeps the native predictions of the samples wanted for overlays."""
+        see = image_blind_see(self.model, batch["foreign_image"]) if "foreign_image" in batch else None
         out = averaged_output(
-            self.model, batch["image"], batch["question"], batch["image_index"], self.config["eval"]["tta"]
+            self.model, batch["image"], batch["question"], batch["image_index"], self.config["eval"]["tta"], see
         )
         size = tuple(batch["image"].shape[-2:])
         threshold = self.config["eval"]["threshold"]

@@ -169,6 +169,32 @@ def test_lora_trains_only_lora_tensors() -> None:
     assert visual.grad.abs().sum() > 0
 
 
+def test_num_layers_keeps_the_first_decoder_layers_and_their_weights() -> None:
+    full, first = build(), build(num_layers=1)
+    assert len(first.causal_lm.model.layers) == 1 and first.causal_lm.config.num_hidden_layers == 1
+    kept = first.state_dict()
+    assert all(torch.equal(tensor, kept[name]) for name, tensor in full.state_dict().items() if name in kept)
+    assert not any(".layers.1." in name for name in kept)
+    visual = torch.randn(2, 3, full.hidden_size)
+    full.causal_lm.model.layers = full.causal_lm.model.layers[:1]  # the same cut by hand
+    torch.testing.assert_close(first(QUESTIONS[:2], visual).pooled, full(QUESTIONS[:2], visual).pooled)
+
+
+def test_visual_gate_starts_closed_and_learns_under_lora() -> None:
+    gated = build(visual_gate=True, lora={"r": 4, "target_modules": ["q_proj"]})
+    assert gated.visual_gate.requires_grad and float(gated.visual_gate) == 0
+    visual = torch.randn(2, 3, gated.hidden_size, requires_grad=True)
+    zeros = torch.zeros_like(visual)
+    out = gated(QUESTIONS[:2], visual)
+    torch.testing.assert_close(out.pooled, gated(QUESTIONS[:2], zeros).pooled, rtol=0, atol=0)  # text-only start
+    out.pooled.square().sum().backward()
+    assert gated.visual_gate.grad.abs() > 0  # the gate opens by gradient
+    assert visual.grad.abs().sum() == 0  # while closed, nothing flows to the compressor yet
+    with torch.no_grad():
+        gated.visual_gate.fill_(0.5)
+    assert not torch.allclose(gated(QUESTIONS[:2], visual).pooled, gated(QUESTIONS[:2], zeros).pooled)
+
+
 def test_new_token_rows_start_at_the_mean() -> None:
     config = {**HFCausalLM.example_config()["config"], "tie_word_embeddings": False}
     llm = build(config=config)
@@ -224,6 +250,9 @@ def test_saved_folder_loads_through_path(tmp_path: Path) -> None:
         ({"lora": {"target_modules": ["no_such_proj"]}}, "not found in the base model"),
         ({"tokenizer": "/no/such/tokenizer"}, "neither 'byte' nor"),
         ({"tokenizer": None}, "no tokenizer of its own"),
+        ({"num_layers": 0}, "num_layers: expected an int in \\[1, 2\\]"),
+        ({"num_layers": 3}, "num_layers: expected an int in \\[1, 2\\]"),
+        ({"visual_gate": True, "template": "Q:<question>[SEG] A:"}, "no visual tokens to gate"),
     ],
 )
 def test_config_errors(overrides: dict, match: str) -> None:

@@ -41,13 +41,6 @@ TINY_SPACE = {
 REFERENCE = {"model.compressor.name": "avg_pool", "model.compressor.ratio": 4, "model.projector.name": "cross_attention", "optim.lr": 1e-3}
 
 
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("synth")
-    assert main(["data", "synth", "--out", str(root), "--n", "8", "--seed", "1", "--image-size", "64"]) == 0
-    return root
-
-
 def tiny_sweep(tmp_path: Path, synth_root: Path, **sections) -> Path:
     """A sweep over tiny configs (2 epochs x 2 steps): three compressors, two projectors, a log-scale lr."""
     base = tiny_config(data={"root": str(synth_root)}, output_dir=str(tmp_path / "runs"))

@@ -81,8 +81,11 @@ def test_two_processes_train_like_one(config, tmp_path, mlflow_uri, capsys):
     one = torch.load(single_run / "checkpoints" / "last.ckpt", weights_only=False)
     two = torch.load(ddp_run / "checkpoints" / "last.ckpt", weights_only=False)
     assert one["global_step"] == two["global_step"] == 4
+    # gradients summed across processes differ from one process's in the last bits; Adam divides each step by the
+    # root of the gradient's second moment, which scales those bits up for an element whose gradient is nearly zero
+    # (measured: a handful of the 1.5 M encoder weights 1-2e-5 apart): atol is a tenth of one step's size (lr 1e-3)
     for key, value in one["state_dict"].items():
-        torch.testing.assert_close(two["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(two["state_dict"][key], value, rtol=1e-4, atol=1e-4, msg=key)
     val_one = json.loads((single_run / "fit.json").read_text())["val"]
     val_two = json.loads((ddp_run / "fit.json").read_text())["val"]
     assert val_one["n"] == val_two["n"] > 0
