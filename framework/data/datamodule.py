@@ -60,7 +60,9 @@ class ForeignImages(Dataset):
         if len(distinct) < 2:
             raise DataError("image-blind control: the test split has a single image, so there is no other to use")
         position = {key: n for n, key in enumerate(distinct)}
-        first = {key: keys.index(key) for key in distinct}  # a sample that shows each image
+        first: dict[str, int] = {}  # image -> a sample that shows it
+        for index, key in enumerate(keys):
+            first.setdefault(key, index)
         perm = derangement(len(distinct), seed)
         self.donor = [first[distinct[perm[position[key]]]] for key in keys]
 

@@ -17,7 +17,9 @@ from framework.data.augment import Geometry
 from framework.eval.tta import to_view
 
 
-def image_blind_see(model: SegEarthModel, foreign_images: torch.Tensor) -> Callable[[torch.Tensor, Geometry], ImagePass]:
+def image_blind_see(
+    model: SegEarthModel, foreign_images: torch.Tensor
+) -> Callable[[torch.Tensor, Geometry], ImagePass]:
     """``see(images [U,3,S,S] in a test-time view, view)`` for ``averaged_output``: ``model.see`` of the images
     with the visual tokens of ``foreign_images`` [U,3,S,S] (row u: the image that stands in for image u), seen in
     the same view."""
