@@ -175,16 +175,18 @@ class SegEarthModel(nn.Module):
             features = [f.to(images.dtype) for f in features]
         return features
 
-    def see(self, images: torch.Tensor) -> ImagePass:
+    def see(self, images: torch.Tensor, visual_tokens: torch.Tensor | None = None) -> ImagePass:
         """The question-independent slots, once per distinct image [U,3,H,W]: the encoder, the compressor and the
-        mask head's pixel features."""
-        return self.see_encoded(self.encode(images))
+        mask head's pixel features. ``visual_tokens`` [U,N,D_llm]: used instead of the compressor's (the
+        image-blind control)."""
+        return self.see_encoded(self.encode(images), visual_tokens)
 
-    def see_encoded(self, features: list[torch.Tensor]) -> ImagePass:
+    def see_encoded(self, features: list[torch.Tensor], visual_tokens: torch.Tensor | None = None) -> ImagePass:
         """``see`` after the encoder: the compressor and the mask head's pixel features on its maps (a frozen
         encoder's maps stay valid while the other slots train)."""
-        tokens = None if self.compressor is None else self.compressor(features[self.compressor_level])
-        return ImagePass(features, tokens, self.mask_head.pixel_features(features))
+        if visual_tokens is None and self.compressor is not None:
+            visual_tokens = self.compressor(features[self.compressor_level])
+        return ImagePass(features, visual_tokens, self.mask_head.pixel_features(features))
 
     def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The compressor's tokens [U,N,D_llm] of images [U,3,H,W] (encoder and compressor only)."""

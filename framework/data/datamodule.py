@@ -3,7 +3,6 @@ image-blind controls. Only the ``train`` stage is augmented (``data.augment``, s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,7 @@ class ForeignImages(Dataset):
 
     def __init__(self, dataset: Dataset, seed: int = 0) -> None:
         self.dataset = dataset
-        keys = [os.path.realpath(sample.image) for sample in dataset.samples]
+        keys = [sample.image_file for sample in dataset.samples]
         distinct = list(dict.fromkeys(keys))
         if len(distinct) < 2:
             raise DataError("image-blind control: the test split has a single image, so there is no other to use")

@@ -14,7 +14,6 @@ random per visit, so an epoch sees about, not exactly, every sample once.
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 
 import torch
@@ -35,7 +34,7 @@ class ImageGroups(Dataset):
         self.k = k
         by_image: dict[str, list[int]] = defaultdict(list)
         for index, sample in enumerate(dataset.samples):
-            by_image[os.path.realpath(sample.image)].append(index)
+            by_image[sample.image_file].append(index)
         self.images = list(by_image.values())  # sample indices per distinct image, in dataset order
         self.visits = [i for i, members in enumerate(self.images) for _ in range(math.ceil(len(members) / k))]
 

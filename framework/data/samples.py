@@ -69,6 +69,11 @@ class Sample:
     has_target: bool
     concept: str  # "" when the format names none
 
+    @property
+    def image_file(self) -> str:
+        """The image file with symlinks resolved: samples that name one image through their own links share it."""
+        return os.path.realpath(self.image)
+
 
 def first_question_only(samples: list[Sample]) -> list[Sample]:
     """The first sample of each (image, mask) pair, in order: ``questions='first'`` for one-line-per-question
@@ -173,8 +178,8 @@ class SampleDataset(Dataset):
         sample = self.samples[index]
         image, mask = self.load(sample)
         question, answer = sample.question, sample.answer
-        # samples of one image file (symlinks resolved) share the letterboxed image unless augmented differently
-        image_key = os.path.realpath(sample.image)
+        # samples of one image file share the letterboxed image unless augmented differently
+        image_key = sample.image_file
         if self.augment is not None:
             seed = int(torch.randint(2**31, (1,))) if augment_seed is None else augment_seed
             image_key = f"{image_key}#{seed}"

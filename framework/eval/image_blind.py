@@ -6,7 +6,6 @@ alone."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -25,7 +24,6 @@ def image_blind_see(
     the same view."""
 
     def see(images: torch.Tensor, view: Geometry) -> ImagePass:
-        tokens = model.visual_tokens(to_view(foreign_images, view))
-        return dataclasses.replace(model.see(images), visual_tokens=tokens)
+        return model.see(images, visual_tokens=model.visual_tokens(to_view(foreign_images, view)))
 
     return see
