@@ -25,7 +25,8 @@ def run_dubai(args: argparse.Namespace) -> None:
     from framework.data.dubai import convert_dubai
 
     counts = convert_dubai(
-        Path(args.src), Path(args.out), seed=args.seed, overwrite=args.overwrite, val_phrasings=args.val_phrasings
+        Path(args.src), Path(args.out), seed=args.seed, overwrite=args.overwrite,
+        heldout_phrasings=args.heldout_phrasings,
     )
     print(f"wrote {args.out}: " + ", ".join(f"{split} {n} samples" for split, n in counts.items()))
 
@@ -48,14 +49,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s = data_sub.add_parser(
         "dubai",
         help="convert the Dubai aerial tiles (real masks) to EarthReason layout with templated questions",
-        description="Convert the Dubai aerial tiles to EarthReason layout: tiles 1-5 train, tile 6 val; images are "
+        description="Convert the Dubai aerial tiles to EarthReason layout: tiles 1-4 train, tile 5 val, tile 6 test; images are "
         "symlinked, labels are one binary mask per class, questions are templated implicit phrasings.",
     )
     s.add_argument("--src", required=True, help="folder holding tile-1 .. tile-6 (e.g. ../shared/data/dubai-aerial)")
     s.add_argument("--out", required=True, help="output folder (outside the repository's tracked files)")
     s.add_argument("--seed", type=int, default=0, help="seed of the question draw (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
-    s.add_argument("--val-phrasings", choices=("val", "train"), default="val",
-                   help="phrasing pool tile 6 is asked from: val (unseen, the benchmark; default) or train (a "
-                   "diagnostic that takes unseen phrasings out of the score)")
+    s.add_argument("--heldout-phrasings", choices=("own", "train"), default="own",
+                   help="phrasing pool tiles 5 and 6 are asked from: own (each split's unseen phrasings, the "
+                   "benchmark; default) or train (a diagnostic that takes unseen phrasings out of the score)")
     s.set_defaults(func=run_dubai)

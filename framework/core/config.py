@@ -229,6 +229,13 @@ def _apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         key, _ = item.split("=", 1)
         if not key or key.startswith(".") or key.endswith("."):
             raise ConfigError(f"override '{item}': bad key '{key}'")
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(
+                f"override '{item}': the value is not valid YAML ({problem}); quote it, e.g. {key}='\"...\"'"
+            ) from None
     try:
         given = OmegaConf.from_dotlist(list(overrides))
         return OmegaConf.merge(_without_swapped_slots(cfg, OmegaConf.to_container(given)), given)

@@ -8,23 +8,24 @@ Source layout (``../shared/data/dubai-aerial``, see its README)::
 
 Output layout (read by the ``earthreason`` dataset format)::
 
-    out/{train,val}/images/<stem>.jpg   symlink to the source JPEG (a copy where symlinks fail)
-    out/{train,val}/labels/<stem>.png   8-bit grayscale, 255 = pixels of the class, 0 elsewhere
-    out/{train,val}/QAs/<stem>.json     {"questions": [QUESTIONS_PER_SAMPLE phrasings], "answer": [one sentence]
-                                         or [] when the class is absent, "concept": class, "tile": N}
+    out/{train,val,test}/images/<stem>.jpg   symlink to the source JPEG (a copy where symlinks fail)
+    out/{train,val,test}/labels/<stem>.png   8-bit grayscale, 255 = pixels of the class, 0 elsewhere
+    out/{train,val,test}/QAs/<stem>.json     {"questions": [QUESTIONS_PER_SAMPLE phrasings], "answer": [one
+                                              sentence] or [] when the class is absent, "concept": class,
+                                              "tile": N}
 
 ``<stem>`` is ``tile-N_<image stem>_<class>``: every image is asked about each of the five classes, and a class
 absent from the image gives a no-target sample (empty answer, all-zero label). Those are kept on purpose: they
 are what an always-empty prediction scores on, so the benchmark can tell a model that reads the question from
 one that does not.
 
-Splits are by tile, never by image (neighbouring crops of a tile overlap): tiles 1-5 train, tile 6 val
-(``SPLIT_TILES``). There is no third split: tiles 7 and 8 are not shipped, so tile 6 is the only held-out tile,
-and an experiment tests on it with ``data.test_split: val`` (then evaluate the last checkpoint, not the one
-selected on that same tile). Questions of a split come from the split's own phrasing pool (``PHRASINGS``):
-validation phrasings never occur in training. ``val_phrasings="train"`` asks tile 6 with the training pool
-instead: a diagnostic, not the benchmark. The same checkpoint tested on both conversions separates what is lost
-to unseen phrasings (language) from what is lost on tile 6's pixels (vision).
+Splits are by tile, never by image (neighbouring crops of a tile overlap): tiles 1-4 train, tile 5 validation,
+tile 6 test (``SPLIT_TILES``). Every choice of configuration or prompt is made on tile 5; tile 6 is read once per
+kept design. Questions of a split come from the split's own phrasing pool (``PHRASINGS``): validation and test
+phrasings never occur in training, nor test phrasings in validation. ``heldout_phrasings="train"`` asks tiles 5
+and 6 with the training pool instead: a diagnostic, not the benchmark. The same checkpoint tested on both
+conversions separates what is lost to unseen phrasings (language) from what is lost on the tile's pixels
+(vision).
 
 Mask colours are the ones measured on the masks (the table in docs/guide/data.md), not those of
 ``classes-as-shipped.json``.
@@ -50,7 +51,7 @@ from PIL import Image
 from framework.core.errors import DataError
 from framework.data.earthreason import prepare_split_folders
 
-SPLIT_TILES: dict[str, tuple[int, ...]] = {"train": (1, 2, 3, 4, 5), "val": (6,)}
+SPLIT_TILES: dict[str, tuple[int, ...]] = {"train": (1, 2, 3, 4), "val": (5,), "test": (6,)}
 SPLITS = tuple(SPLIT_TILES)
 CLASS_COLOURS: dict[str, int] = {
     "land": 0x8429F6,
@@ -64,7 +65,8 @@ UNLABELED_COLOURS = (0x9B9B9B, 0x000000)
 QUESTIONS_PER_SAMPLE = 4
 
 # class -> split -> phrasings. Every question names the class only implicitly (by use, look or purpose); the
-# pools of one class are disjoint across splits (a test checks it), so val measures new wording.
+# pools are disjoint across splits (a test checks it), so val and test measure new wording, and test wording was
+# never used to choose anything.
 PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
     "land": {
         "train": (
@@ -88,6 +90,14 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "Where could a construction company start building right away?",
             "Which areas have neither roads, roofs, water nor greenery?",
             "Where is the bare earth?",
+        ),
+        "test": (
+            "Where is the ground still waiting for its first building?",
+            "Which parts are loose sand and gravel with no surface laid on them?",
+            "Where could a bulldozer level a plot without tearing anything down?",
+            "Which open areas are neither paved, built on, wet nor green?",
+            "Where does the desert show through between the developments?",
+            "Which patches of the image are raw, unworked earth?",
         ),
     },
     "water": {
@@ -113,6 +123,14 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "Where could a ferry cross?",
             "Which parts of the scene are liquid rather than solid ground?",
         ),
+        "test": (
+            "Where could a kayak paddle?",
+            "Which surfaces would reflect the sky like a mirror?",
+            "Where might a fishing boat be found?",
+            "Which part of the picture could a speedboat cross?",
+            "Where is the waterfront's sea or lagoon?",
+            "Which areas would a diver jump into?",
+        ),
     },
     "building": {
         "train": (
@@ -136,6 +154,14 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "Which rooftops could hold solar panels?",
             "Where could workers have their offices?",
             "Which roofed structures stand in the scene?",
+        ),
+        "test": (
+            "Where could people shelter under a roof?",
+            "Which blocks house shops or apartments?",
+            "Where are the built-up structures?",
+            "Which objects cast the shadows of walls and roofs?",
+            "Where could a tenant rent a room?",
+            "Which parts of the scene are houses or towers?",
         ),
     },
     "vegetation": {
@@ -161,6 +187,14 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "Where is the green space?",
             "Which patches would a lawnmower cut?",
         ),
+        "test": (
+            "Where do shrubs and trees grow?",
+            "Which areas look leafy from above?",
+            "Where could a goat graze?",
+            "Which patches are covered by foliage?",
+            "Where is the planted or wild green cover?",
+            "Which parts of the scene would need watering by a gardener?",
+        ),
     },
     "road": {
         "train": (
@@ -185,6 +219,14 @@ PHRASINGS: dict[str, dict[str, tuple[str, ...]]] = {
             "Which streets run through this picture?",
             "Where could a motorbike be ridden?",
         ),
+        "test": (
+            "Where could a cyclist ride on tarmac?",
+            "Which routes would a school bus use?",
+            "Where are the carriageways?",
+            "Which asphalt strips join the neighbourhoods?",
+            "Where could a car be driven across the scene?",
+            "Which surfaces are marked for traffic?",
+        ),
     },
 }
 
@@ -197,12 +239,17 @@ _NOUNS = {
 }
 
 
-def convert_dubai(
-    src: Path, out: Path, seed: int = 0, overwrite: bool = False, val_phrasings: str = "val"
-) -> dict[str, int]:
-    """Writes the Dubai tiles of ``src`` as out/{train,val}/{images,labels,QAs}; returns the samples per split.
+HELDOUT_PHRASINGS = ("own", "train")
 
-    ``val_phrasings``: the pool tile 6 is asked from, ``"val"`` (unseen phrasings: the benchmark) or ``"train"``.
+
+def convert_dubai(
+    src: Path, out: Path, seed: int = 0, overwrite: bool = False, heldout_phrasings: str = "own"
+) -> dict[str, int]:
+    """Writes the Dubai tiles of ``src`` as out/{train,val,test}/{images,labels,QAs}; returns the samples per
+    split.
+
+    ``heldout_phrasings``: the pool tiles 5 and 6 are asked from, ``"own"`` (each split's unseen phrasings: the
+    benchmark) or ``"train"`` (a diagnostic).
 
     Images are symlinked, not copied (copied only where the file system refuses symlinks). Raises DataError
     for a missing source folder, tile or partner file, a mask whose size differs from its image, a mask colour
@@ -214,9 +261,11 @@ def convert_dubai(
         raise DataError(f"{src}: Dubai source folder not found (expected tile-1 .. tile-6 inside)")
     if seed < 0:
         raise DataError(f"Dubai conversion seed must be >= 0, got {seed}")
-    if val_phrasings not in SPLITS:
-        raise DataError(f"Dubai val phrasings must be one of {', '.join(SPLITS)}, got {val_phrasings!r}")
-    pools = {"train": "train", "val": val_phrasings}
+    if heldout_phrasings not in HELDOUT_PHRASINGS:
+        raise DataError(
+            f"Dubai held-out phrasings must be one of {', '.join(HELDOUT_PHRASINGS)}, got {heldout_phrasings!r}"
+        )
+    pools = {split: "train" if heldout_phrasings == "train" else split for split in SPLITS}
     if out.exists() and not out.is_dir():
         raise DataError(f"Dubai output {out} exists and is not a folder")
     pairs = {split: [p for tile in tiles for p in _tile_pairs(src, tile)] for split, tiles in SPLIT_TILES.items()}

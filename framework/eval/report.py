@@ -36,7 +36,8 @@ def results_table(results: dict[str, Any], cfg: dict[str, Any]) -> str:
         f"Scores in the {size}×{size} letterboxed frame (as the reference computes them)"
         + (" and at each image's native resolution (native …)." if NATIVE in frames else "."),
         "",
-        f"| {cfg['name']} · {split} split (n={metrics.get('n')}) | " + " | ".join(titles) + " |",
+        f"| {cfg['name']} · {cfg['data'].get(f'{split}_split', split)} split (n={metrics.get('n')}) | "
+        + " | ".join(titles) + " |",
         "|---" * (len(titles) + 1) + "|",
         _row("model, true questions", metrics, frames),
     ]

@@ -17,7 +17,7 @@ SWEEPS = EXPERIMENTS / "sweeps"
 CONFIGS = sorted(p for p in EXPERIMENTS.rglob("*.yaml") if SWEEPS not in p.parents)
 # Built here: the pretrained CPU-sized ones. The segearth_r1 configs are Swin-B + Phi-1.5 (1.3 B parameters):
 # tests/framework/core/test_faithful_model.py builds and trains that one, marked slow.
-BUILT = ("demo.yaml", "dubai/dubai.yaml")
+BUILT = ("demo.yaml", "dubai/dubai.yaml", "dubai/closed_set.yaml")
 
 
 def name(path: Path) -> str:

@@ -109,6 +109,9 @@ def test_missing_file_and_bad_override(tmp_path):
         load(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="key.path=value"):
         load(write(tmp_path, "a.yaml", BASE), ["trainer.max_epochs"])
+    # a value YAML cannot read (two unquoted colons) names the override and how to quote it
+    with pytest.raises(ConfigError, match=r"override 'name=a: b: c': the value is not valid YAML \(mapping"):
+        load(write(tmp_path, "a.yaml", BASE), ["name=a: b: c"])
 
 
 def test_saved_resolved_config_round_trips(tmp_path):

@@ -14,7 +14,15 @@ from PIL import Image
 from framework.cli.main import main
 from framework.core.errors import DataError
 from framework.data import dubai
-from framework.data.dubai import CLASS_COLOURS, CLASSES, PHRASINGS, QUESTIONS_PER_SAMPLE, SPLITS, convert_dubai
+from framework.data.dubai import (
+    CLASS_COLOURS,
+    CLASSES,
+    PHRASINGS,
+    QUESTIONS_PER_SAMPLE,
+    SPLIT_TILES,
+    SPLITS,
+    convert_dubai,
+)
 from framework.data.earthreason import EarthReasonDataset
 from tests.conftest import SHARED_DATA
 
@@ -40,9 +48,10 @@ def _label(out: Path, split: str, stem: str) -> np.ndarray:
 
 def test_counts_one_sample_per_image_and_class_split_by_tile(converted):
     out, counts = converted
-    assert counts == {"train": 5 * IMAGES_PER_TILE * len(CLASSES), "val": IMAGES_PER_TILE * len(CLASSES)}
-    assert not (out / "test").exists()
-    for split, tiles in (("train", {1, 2, 3, 4, 5}), ("val", {6})):
+    per_tile = IMAGES_PER_TILE * len(CLASSES)
+    assert counts == {"train": 4 * per_tile, "val": per_tile, "test": per_tile}
+    assert SPLIT_TILES == {"train": (1, 2, 3, 4), "val": (5,), "test": (6,)}
+    for split, tiles in (("train", {1, 2, 3, 4}), ("val", {5}), ("test", {6})):
         qas = _qas(out, split)
         assert len(qas) == counts[split]
         assert {qa["tile"] for qa in qas.values()} == tiles
@@ -101,23 +110,24 @@ def test_no_target_samples_have_empty_labels_and_empty_answers(converted):
     assert empty > 0
 
 
-def test_floors_on_tile_6(converted):
+@pytest.mark.parametrize("split, no_target, whole_image", [("val", 8, 0.1995), ("test", 13, 0.1994)])
+def test_floors_of_the_held_out_tiles(converted, split, no_target, whole_image):
     """Always-empty gIoU = share of no-target samples; whole-image gIoU = mean class share (0 when absent):
-    13 of the 45 tile-6 samples are no-target (7 building, 6 road)."""
+    8 of the 45 tile-5 samples are no-target (4 building, 3 vegetation, 1 road), 13 of the 45 tile-6 samples (7
+    building, 6 road)."""
     out, _ = converted
-    labels = [_label(out, "val", stem) > 0 for stem in _qas(out, "val")]
+    labels = [_label(out, split, stem) > 0 for stem in _qas(out, split)]
     always_empty = np.mean([0.0 if label.any() else 1.0 for label in labels])
-    whole_image = np.mean([label.mean() for label in labels])
-    assert always_empty == pytest.approx(13 / 45)
-    assert whole_image == pytest.approx(0.1994, abs=5e-4)
+    assert always_empty == pytest.approx(no_target / 45)
+    assert np.mean([label.mean() for label in labels]) == pytest.approx(whole_image, abs=5e-4)
 
 
 def test_phrasing_pools_are_disjoint_and_each_split_asks_from_its_own(converted):
     out, _ = converted
     for concept, pools in PHRASINGS.items():
         assert set(pools) == set(SPLITS)
-        assert not set(pools["train"]) & set(pools["val"]), concept
-        assert len(pools["val"]) >= QUESTIONS_PER_SAMPLE and len(pools["train"]) >= 2 * QUESTIONS_PER_SAMPLE
+        assert len(pools["train"]) >= 2 * QUESTIONS_PER_SAMPLE
+        assert len(pools["val"]) >= QUESTIONS_PER_SAMPLE and len(pools["test"]) >= QUESTIONS_PER_SAMPLE
     all_questions = [q for pools in PHRASINGS.values() for pool in pools.values() for q in pool]
     assert len(all_questions) == len(set(all_questions))
     asked = {}
@@ -126,16 +136,17 @@ def test_phrasing_pools_are_disjoint_and_each_split_asks_from_its_own(converted)
             assert len(qa["questions"]) == len(set(qa["questions"])) == QUESTIONS_PER_SAMPLE
             assert set(qa["questions"]) <= set(PHRASINGS[qa["concept"]][split])
             asked.setdefault(split, set()).update(qa["questions"])
-    assert not asked["train"] & asked["val"]
+    assert not asked["train"] & asked["val"] and not asked["train"] & asked["test"]
+    assert not asked["val"] & asked["test"]
 
 
 def test_earthreason_reader_loads_the_output(converted):
     out, counts = converted
     train = EarthReasonDataset(str(out), "train", image_size=32, questions="all")
     assert len(train) == counts["train"] * QUESTIONS_PER_SAMPLE
-    val = EarthReasonDataset(str(out), "val", image_size=32, questions="first")
-    assert len(val) == counts["val"]
-    assert sum(not s.has_target for s in val.samples) == 13
+    test = EarthReasonDataset(str(out), "test", image_size=32, questions="first")
+    assert len(test) == counts["test"]
+    assert sum(not s.has_target for s in test.samples) == 13
 
 
 # ------------------------------------------------------------------------------------------- fake tiles
@@ -159,15 +170,16 @@ def _fake_tiles(root: Path, height: int = 6, width: int = 8) -> Path:
 
 def test_fake_tiles_convert_with_absent_classes_and_unlabeled_pixels_as_background(tmp_path):
     out = tmp_path / "out"
-    assert convert_dubai(_fake_tiles(tmp_path / "src"), out) == {"train": 25, "val": 5}
+    assert convert_dubai(_fake_tiles(tmp_path / "src"), out) == {"train": 20, "val": 5, "test": 5}
     water = np.zeros((6, 8), dtype=np.uint8)
     water[:3] = 255
     water[0, 0] = 0  # unlabeled: no class's target
-    np.testing.assert_array_equal(_label(out, "val", "tile-6_image_part_001_water"), water)
+    np.testing.assert_array_equal(_label(out, "test", "tile-6_image_part_001_water"), water)
     land = np.zeros((6, 8), dtype=np.uint8)
     land[3:] = 255
-    np.testing.assert_array_equal(_label(out, "val", "tile-6_image_part_001_land"), land)
-    assert _qas(out, "val")["tile-6_image_part_001_road"]["answer"] == []
+    np.testing.assert_array_equal(_label(out, "test", "tile-6_image_part_001_land"), land)
+    assert _qas(out, "test")["tile-6_image_part_001_road"]["answer"] == []
+    assert _qas(out, "val")["tile-5_image_part_001_building"]["answer"] == []
 
 
 def test_same_seed_writes_identical_files_and_another_seed_other_questions(tmp_path):
@@ -183,20 +195,22 @@ def test_same_seed_writes_identical_files_and_another_seed_other_questions(tmp_p
     assert _qas(outs[0], "train") != _qas(outs[2], "train")
 
 
-def test_val_phrasings_train_asks_tile_6_from_the_training_pool_and_changes_nothing_else(tmp_path, capsys):
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_heldout_phrasings_train_asks_tiles_5_and_6_from_the_training_pool_and_changes_nothing_else(tmp_path, split):
     src = _fake_tiles(tmp_path / "src")
     convert_dubai(src, tmp_path / "unseen", seed=2)
     assert main(["data", "dubai", "--src", str(src), "--out", str(tmp_path / "seen"), "--seed", "2",
-                 "--val-phrasings", "train"]) == 0
-    unseen, seen = _qas(tmp_path / "unseen", "val"), _qas(tmp_path / "seen", "val")
+                 "--heldout-phrasings", "train"]) == 0
+    unseen, seen = _qas(tmp_path / "unseen", split), _qas(tmp_path / "seen", split)
     assert unseen.keys() == seen.keys()
     for stem, qa in seen.items():
         assert set(qa["questions"]) <= set(PHRASINGS[qa["concept"]]["train"])
+        assert set(unseen[stem]["questions"]) <= set(PHRASINGS[qa["concept"]][split])
         assert {k: v for k, v in qa.items() if k != "questions"} == {k: v for k, v in unseen[stem].items() if k != "questions"}
-        np.testing.assert_array_equal(_label(tmp_path / "seen", "val", stem), _label(tmp_path / "unseen", "val", stem))
+        np.testing.assert_array_equal(_label(tmp_path / "seen", split, stem), _label(tmp_path / "unseen", split, stem))
     assert _qas(tmp_path / "seen", "train") == _qas(tmp_path / "unseen", "train")
-    with pytest.raises(DataError, match="val phrasings must be one of train, val, got 'test'"):
-        convert_dubai(src, tmp_path / "other", val_phrasings="test")
+    with pytest.raises(DataError, match="held-out phrasings must be one of own, train, got 'val'"):
+        convert_dubai(src, tmp_path / "other", heldout_phrasings="val")
 
 
 def test_copies_images_where_symlinks_fail(tmp_path, monkeypatch):
@@ -206,7 +220,7 @@ def test_copies_images_where_symlinks_fail(tmp_path, monkeypatch):
     monkeypatch.setattr(dubai.os, "symlink", refuse)
     src = _fake_tiles(tmp_path / "src")
     convert_dubai(src, tmp_path / "out")
-    copy = tmp_path / "out" / "val" / "images" / "tile-6_image_part_001_land.jpg"
+    copy = tmp_path / "out" / "test" / "images" / "tile-6_image_part_001_land.jpg"
     assert not copy.is_symlink()
     assert copy.read_bytes() == (src / "tile-6" / "images" / "image_part_001.jpg").read_bytes()
 
@@ -217,7 +231,7 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
     (out / "val" / "QAs" / "stale.json").write_text("{}")
     with pytest.raises(DataError, match="already contains files"):
         convert_dubai(src, out)
-    assert convert_dubai(src, out, overwrite=True) == {"train": 25, "val": 5}
+    assert convert_dubai(src, out, overwrite=True) == {"train": 20, "val": 5, "test": 5}
     assert not (out / "val" / "QAs" / "stale.json").exists()
 
 
@@ -272,27 +286,34 @@ def test_missing_source_folder(tmp_path):
 def test_cli_converts_and_reports_errors_in_one_line(tmp_path, capsys):
     src = _fake_tiles(tmp_path / "src")
     assert main(["data", "dubai", "--src", str(src), "--out", str(tmp_path / "out"), "--seed", "2"]) == 0
-    assert "train 25 samples, val 5 samples" in capsys.readouterr().out
+    assert "train 20 samples, val 5 samples, test 5 samples" in capsys.readouterr().out
     assert main(["data", "dubai", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_experiment_keeps_the_demo_weights_and_is_tested_on_tile_6():
+def test_experiments_train_on_tiles_1_to_4_validate_on_5_and_test_on_6():
     from framework.core.config import load_config
 
     experiments = Path(__file__).resolve().parents[3] / "experiments"
-    cfg = load_config(experiments / "dubai" / "dubai.yaml", validate_components=False)
     demo = load_config(experiments / "demo.yaml", validate_components=False)["model"]
-    # the demo's pretrained encoder (frozen) and LLM, the same weights files; new, trained projector and head
-    assert cfg["model"]["encoder"] == {**demo["encoder"], "frozen": True}
-    assert cfg["model"]["llm"] == {**demo["llm"], "template": cfg["model"]["llm"]["template"]}
-    assert cfg["model"]["llm"]["template"].count("<question>") == 1  # only the framing of the question differs
-    assert cfg["model"]["projector"] == {"name": "mlp", "hidden": 256}
-    assert cfg["model"]["mask_head"] == {"name": "linear", "dim": 96, "query_dim": 128, "pixel_norm": True}
-    assert cfg["loss"]["pos_balance"] == 1.0
-    # one concept per class the converter writes, each pixel chosen among them
-    assert cfg["model"]["readout"]["name"] == "concept_choice" and sorted(cfg["model"]["readout"]["concepts"]) == sorted(CLASSES)
-    assert cfg["loss"]["competition_weight"] == 0
-    assert cfg["optim"]["weight_decay"] == 1.0  # only the projector and the head train (docs/results/dubai.md)
-    assert cfg["data"]["batch_size"] % cfg["data"]["questions_per_image"] == 0
-    assert (cfg["data"]["root"], cfg["data"]["val_split"], cfg["data"]["test_split"]) == ("data/dubai", "val", "val")
+    open_cfg = load_config(experiments / "dubai" / "dubai.yaml", validate_components=False)
+    closed = load_config(experiments / "dubai" / "closed_set.yaml", validate_components=False)
+    for cfg in (open_cfg, closed):
+        assert (cfg["data"]["root"], cfg["data"]["val_split"], cfg["data"]["test_split"]) == ("data/dubai", "val", "test")
+        assert cfg["data"]["batch_size"] % cfg["data"]["questions_per_image"] == 0
+        # the demo's pretrained encoder (frozen) and LLM weights; a trained projector and per-pixel head
+        assert cfg["model"]["encoder"] == {**demo["encoder"], "frozen": True}
+        assert (cfg["model"]["llm"]["package"], cfg["model"]["llm"]["gguf_file"]) == (demo["llm"]["package"], demo["llm"]["gguf_file"])
+        assert cfg["model"]["mask_head"] == {"name": "linear", "dim": 96, "query_dim": 128, "pixel_norm": True}
+        assert {k: v for k, v in cfg.items() if k not in ("name", "model", "loss", "trainer")} == {
+            k: v for k, v in open_cfg.items() if k not in ("name", "model", "loss", "trainer")}
+    # the headline is open: no class list anywhere, the image's visual tokens and the question through a LoRA LLM
+    assert open_cfg["model"].get("readout", {"name": "query"})["name"] == "query"
+    assert open_cfg["model"]["compressor"]["name"] == "conv_stride" and "<image>" in open_cfg["model"]["llm"]["template"]
+    assert open_cfg["model"]["llm"]["lora"] and not open_cfg["model"]["llm"]["frozen"]
+    assert open_cfg["loss"]["competition_weight"] > 0  # the image's questions compete, not a fixed class list
+    # the baseline is closed: a frozen text-only LLM routing to one concept per class the converter writes
+    assert closed["model"]["compressor"] is None and closed["model"]["llm"]["frozen"]
+    assert closed["model"]["readout"]["name"] == "concept_choice"
+    assert sorted(closed["model"]["readout"]["concepts"]) == sorted(CLASSES)
+    assert closed["loss"]["competition_weight"] == 0
