@@ -9,10 +9,11 @@ from pathlib import Path
 
 def run(args: argparse.Namespace) -> None:
     # imported here, not at the top: ``segearth --help`` must not pay for torch
-    from framework.infer.outputs import read_pairs, write_predictions
+    from framework.infer.outputs import check_output_folder, read_pairs, write_predictions
     from framework.infer.predictor import load_model
 
     out = Path(args.out)
+    check_output_folder(out)
     pairs = read_pairs(args.image, args.question, args.input, args.questions)
     predictor = load_model(
         args.model, device=args.device, tracking_uri=args.uri, batch_size=args.batch_size, tiling=args.tiling,

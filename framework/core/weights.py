@@ -68,12 +68,32 @@ def restore_frozen(
     for slot, expected in frozen.items():
         module = getattr(model, slot)
         if not torch.allclose(torch.tensor(fingerprint(module)), torch.tensor(expected), rtol=1e-5, atol=1e-3):
-            raise RuntimeError(
+            raise UserError(
                 f"frozen slot '{slot}' rebuilt from the config differs from the one trained with "
                 "(different weights file or seed?)"
             )
         for key, value in module.state_dict().items():
             state[f"{prefix}{slot}.{key}"] = value
+
+
+def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """``state`` has exactly ``model``'s tensors with their shapes, else a UserError naming the first difference
+    (a checkpoint tested with another config than the one it was trained with)."""
+    own = model.state_dict()
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    mismatched = sorted(k for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if not (missing or unexpected or mismatched):
+        return
+    if mismatched:
+        key = mismatched[0]
+        first = f"first {key}: {tuple(state[key].shape)} in the checkpoint, {tuple(own[key].shape)} in the model"
+    else:
+        first = f"first {missing[0]} missing from the checkpoint" if missing else f"first {unexpected[0]} not in the model"
+    raise UserError(
+        f"{source}: the checkpoint does not fit the model of this config ({len(mismatched)} tensors of another "
+        f"shape, {len(missing)} missing, {len(unexpected)} unexpected; {first}): was it trained with another "
+        "config? Use the config.yaml of its run folder"
+    )
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -117,7 +137,9 @@ class CheckpointWeights:
         """Copy the checkpoint's model tensors into ``model`` (strict), frozen slots rebuilt and checked."""
         state = {k: v for k, v in self.checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
         restore_frozen(model, state, self.checkpoint.get(FROZEN_KEY, {}))
-        model.load_state_dict({k[len(MODEL_PREFIX) :]: v for k, v in state.items()}, strict=True)
+        state = {k[len(MODEL_PREFIX) :]: v for k, v in state.items()}
+        check_fits(model, state, self.path)
+        model.load_state_dict(state, strict=True)
 
 
 def load_checkpoint_model(path: Path) -> tuple[SegEarthModel, dict]:

@@ -115,12 +115,28 @@ def write_sample(prediction, index: int, folder: Path) -> dict:
     return row
 
 
+def check_output_folder(out: Path) -> None:
+    """``out`` is a folder or can become one: its nearest existing ancestor is a writable folder. Otherwise a
+    UserError, before any model is loaded."""
+    ancestor = out
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"--out {out}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {ancestor} is not writable")
+
+
 def write_predictions(predictor, pairs: list[tuple[Path, str]], out: Path, progress: bool = False) -> list[dict]:
     """Predict every (image, question) pair with ``predictor`` (a ``Predictor``) and write its files and
     ``predictions.jsonl`` into ``out``; returns the rows. Nothing lands in ``out`` unless every sample succeeded."""
+    check_output_folder(out)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:  # e.g. under /proc, or a read-only mount that os.access does not see
+        raise UserError(f"--out {out}: cannot make a folder there ({exc.strerror or exc})") from None
     try:
         rows, noted = [], set()
         for index, prediction in enumerate(predictor.iter_predictions(pairs, progress=progress)):

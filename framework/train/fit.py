@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -13,6 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 
 from framework.core.config import save_config
+from framework.core.errors import UserError
 from framework.data.datamodule import ReasoningDataModule
 from framework.track.mlflow_run import log_run_files, make_logger, tracking_callbacks
 from framework.track.run_dirs import new_run_dir, resolve_checkpoint
@@ -51,7 +53,12 @@ def fit(
     # before the model: an unreachable server fails fast
     logger = make_logger(cfg, run_dir, f"{cfg['name']}-fit", tags)
     seed_everything(cfg)
-    task = SegEarthTask(cfg)
+    try:
+        task = SegEarthTask(cfg)
+    except UserError:
+        if writer and ckpt_path is None:  # a new run folder that holds nothing but the config
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     every_n_steps = cfg["checkpoint"]["every_n_steps"]
     all_callbacks: list[L.Callback] = [*checkpoint_callbacks(run_dir / "checkpoints", every_n_steps), ResumeState()]
     if logger is not None:

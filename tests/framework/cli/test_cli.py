@@ -134,3 +134,43 @@ def test_validate_reports_both_frames(tmp_path, synth_root, capsys):
     assert header.endswith("| gIoU | cIoU | Pr@0.5 | native gIoU | native cIoU | native Pr@0.5 |")
     assert "| floor: always predict the whole image |" in table and "Empty-target samples:" in table
     assert not (tmp_path / "out" / "overlays").exists() and not (tmp_path / "runs").exists()
+
+
+def _late_bad_input(case: str, tmp_path: Path, synth_root: Path) -> list[str]:
+    """Arguments of a mistake found only once the model or a checkpoint is in hand."""
+    cfg = tiny_config(data={"root": str(synth_root)}, output_dir=str(tmp_path / "runs"))
+    path = write_config(tmp_path / "tiny.yaml", cfg)
+    if case == "image_size_not_a_stride_multiple":
+        return ["fit", str(path), "data.image_size=72"]
+    from framework.core.config import load_config
+    from tests.framework.infer.test_bundle import write_checkpoint
+
+    ckpt = write_checkpoint(load_config(path), tmp_path / "trained" / "checkpoints" / "last.ckpt")
+    if case == "checkpoint_of_another_config":
+        return ["test", str(path), "--ckpt", str(ckpt), "model.mask_head.dim=8"]
+    image = sorted((synth_root / "test" / "images").iterdir())[0]
+    out = "/proc/nope/out" if case == "out_cannot_be_made" else str(path / "out")
+    return ["predict", "--model", str(ckpt), "--image", str(image), "--question", "Where?", "--out", out]
+
+
+LATE_BAD_INPUTS = {
+    "image_size_not_a_stride_multiple": r"data\.image_size 72 is not a multiple of the encoder's largest stride 32 "
+                                        r"\(e\.g\. 64 or 96\)",
+    "checkpoint_of_another_config": r"last\.ckpt: the checkpoint does not fit the model of this config \(\d+ tensors "
+                                    r"of another shape, 0 missing, 0 unexpected; first mask_head\.",
+    "out_cannot_be_made": r"--out /proc/nope/out: cannot make a folder there",
+    "out_under_a_file": r"--out .*tiny\.yaml/out: .*tiny\.yaml is not a folder",
+}
+
+
+@pytest.mark.parametrize("case", sorted(LATE_BAD_INPUTS))
+def test_bad_input_found_late_exits_2_with_one_line_and_writes_nothing(case, tmp_path, synth_root):
+    args = _late_bad_input(case, tmp_path, synth_root)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("segearth: error:")]
+    assert len(errors) == 1 and re.search(LATE_BAD_INPUTS[case], errors[0]), result.stderr[-3000:]
+    written = [p for p in tmp_path.rglob("*") if p not in before and p.is_file() and p.name != "mlruns.db"]
+    assert not written, written  # no run folder, no results, no predictions

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from framework.core.config import load_config
+from framework.core.errors import UserError
 from framework.data.datamodule import ReasoningDataModule
 from framework.data.synth import CLASS_CONCEPTS, RELATIONAL_CONCEPTS, write_synthetic_dataset
 from framework.eval.postprocess import unletterbox
@@ -90,7 +91,7 @@ def test_slim_checkpoint_round_trip(synth_root, tmp_path):
     # a frozen slot that differs from the one trained with is refused
     with torch.no_grad():
         next(fresh.model.llm.parameters()).add_(1.0)
-    with pytest.raises(RuntimeError, match="frozen slot 'llm'"):
+    with pytest.raises(UserError, match="frozen slot 'llm'"):
         fresh.on_load_checkpoint(torch.load(path, weights_only=False))
 
 
