@@ -6,12 +6,16 @@ a header, or ``.jsonl``; fields ``image`` and ``question``, paths relative to th
 together with ``--questions FILE`` (one question per line, each asked of every image).
 
 Nothing is partially written: every question is checked and the model loaded before any image is read, outputs
-go to a staging folder next to ``--out`` and are moved into ``--out`` only when every sample has succeeded.
+go to a staging folder next to ``--out``, and only when every sample has succeeded does the staging folder become
+``--out`` (by rename; an earlier predict output there is replaced whole, so the folder always holds exactly one
+run's files). A folder holding anything else is refused, and so is a second predict into the same ``--out``
+while one is writing (a lock file next to it).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import shutil
@@ -116,8 +120,11 @@ def write_sample(prediction, index: int, folder: Path) -> dict:
 
 
 def check_output_folder(out: Path) -> None:
-    """``out`` is a folder or can become one: its nearest existing ancestor is a writable folder. Otherwise a
-    UserError, before any model is loaded."""
+    """``out`` is an earlier predict output, an empty folder or can become one: its nearest existing ancestor is a
+    writable folder. Otherwise a UserError, before any model is loaded."""
+    if out.is_dir() and any(out.iterdir()) and not (out / "predictions.jsonl").is_file():
+        raise UserError(f"--out {out}: the folder holds files that are not a segearth predict output; choose an "
+                        "empty or new folder")
     ancestor = out
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
@@ -127,17 +134,47 @@ def check_output_folder(out: Path) -> None:
         raise UserError(f"--out {out}: {ancestor} is not writable")
 
 
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def _lock(out: Path) -> int:
+    """An exclusive lock on ``_lock_path(out)`` (its descriptor), or a UserError while another process holds it."""
+    fd = os.open(_lock_path(out), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"--out {out}: another segearth predict is writing there; wait for it or choose another "
+                        "folder") from None
+    return fd
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    """``staging`` becomes ``out``; an earlier output there is moved aside first and removed after."""
+    if not out.exists():
+        os.rename(staging, out)
+        return
+    check_output_folder(out)  # it may have changed while the model ran
+    aside = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    os.rename(out, aside)
+    os.rename(staging, out)
+    shutil.rmtree(aside)
+
+
 def write_predictions(predictor, pairs: list[tuple[Path, str]], out: Path, progress: bool = False) -> list[dict]:
     """Predict every (image, question) pair with ``predictor`` (a ``Predictor``) and write its files and
     ``predictions.jsonl`` into ``out``; returns the rows. Nothing lands in ``out`` unless every sample succeeded."""
     check_output_folder(out)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     try:
-        staging.mkdir(parents=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = _lock(out)
     except OSError as exc:  # e.g. under /proc, or a read-only mount that os.access does not see
         raise UserError(f"--out {out}: cannot make a folder there ({exc.strerror or exc})") from None
     try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         rows, noted = [], set()
         for index, prediction in enumerate(predictor.iter_predictions(pairs, progress=progress)):
             geo, path = prediction.image.geo, prediction.image.path
@@ -147,9 +184,9 @@ def write_predictions(predictor, pairs: list[tuple[Path, str]], out: Path, progr
                       "its GeoJSON coordinates are in the file's own map units", file=sys.stderr)
             rows.append(write_sample(prediction, index, staging))
         (staging / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        out.mkdir(parents=True, exist_ok=True)
-        for file in sorted(staging.iterdir()):
-            os.replace(file, out / file.name)
+        _replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _lock_path(out).unlink(missing_ok=True)  # while still holding it: nothing is left next to --out
+        os.close(lock)
     return rows

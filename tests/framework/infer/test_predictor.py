@@ -230,3 +230,37 @@ def test_predictor_from_a_model_and_config(tmp_path):
     cfg["predict"] = {**cfg["predict"], "tiling": "always", "tile_size": 64, "overlap": 0.5}
     predictor = Predictor(SegEarthModel(cfg["model"]), cfg)
     assert predictor.predict(scene(100, 150), "Where?").tiles == 3 * 4  # overlap >= 32 px: 0, 18, 36 x 0, 29, 57, 86
+
+
+def test_a_second_predict_into_the_same_out_replaces_the_first_whole(ckpt, tmp_path):
+    """Three samples, then one: the folder holds exactly the second run's files, never a mix of both."""
+    Image.fromarray(scene(64, 64)).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    base = ["predict", "--model", str(ckpt), "--image", str(tmp_path / "a.png"), "--out", str(out)]
+    assert main([*base, "--question", QUESTIONS[0], "--question", QUESTIONS[1], "--question", QUESTIONS[2]]) == 0
+    assert len(list(out.glob("*_mask.png"))) == 3
+    assert main([*base, "--question", QUESTIONS[1]]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in rows] == [QUESTIONS[1]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["predictions.jsonl", rows[0]["mask"], rows[0]["overlay"]])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging, aside or lock left
+
+
+def test_out_holding_other_files_or_being_written_is_refused(ckpt, tmp_path, capsys):
+    import fcntl
+
+    Image.fromarray(scene(64, 64)).save(tmp_path / "a.png")
+    base = ["predict", "--model", str(ckpt), "--image", str(tmp_path / "a.png"), "--question", "Where?", "--out"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main([*base, str(mine)]) == 2
+    assert "holds files that are not a segearth predict output" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # another predict holds the lock of this --out (as a running one does): refused, nothing written
+    busy = tmp_path / "busy"
+    with open(tmp_path / ".busy.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main([*base, str(busy)]) == 2
+    assert "another segearth predict is writing there" in capsys.readouterr().err and not busy.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".busy.partial")]
