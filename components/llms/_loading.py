@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -76,13 +77,58 @@ def default_gguf_cache(gguf_path: Path, label: str) -> Path:
     return root / "llm" / f"{label}-{gguf_path.stem}-{digest}"
 
 
-def dequantise_gguf_once(folder: Path, gguf_file: str, cache: Path) -> None:
-    """Write the de-quantised model + tokenizer of ``folder/gguf_file`` to ``cache`` unless it is there.
+CACHE_MANIFEST = "segearth-cache.json"
+_WHOLE_CACHES: set[Path] = set()  # checked in this process: the checksums are read once per process
 
-    Written to a temporary sibling folder and renamed into place, so a killed process never leaves a partial cache.
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_cache_manifest(folder: Path) -> None:
+    """``folder/CACHE_MANIFEST``: the size and SHA-256 of every other file in ``folder``."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != CACHE_MANIFEST)
+    manifest = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / CACHE_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+
+
+def cache_damage(folder: Path) -> str | None:
+    """What is wrong with a de-quantised cache folder (None when every file matches its manifest)."""
+    try:
+        manifest = json.loads((folder / CACHE_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return f"no readable {CACHE_MANIFEST} (written by an older segearth, or cut short)"
+    for name, expected in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} is {path.stat().st_size} bytes, {expected['size']} expected"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def dequantise_gguf_once(folder: Path, gguf_file: str, cache: Path) -> None:
+    """Write the de-quantised model + tokenizer of ``folder/gguf_file`` to ``cache`` unless it is there and whole.
+
+    Written to a temporary sibling folder with a checksum manifest and renamed into place, so a killed process
+    never leaves a partial cache; a cache whose files do not match their manifest (truncated, half-copied, or
+    written before manifests existed) is said so and rebuilt.
     """
-    if cache.is_dir():
+    if cache in _WHOLE_CACHES:
         return
+    if cache.is_dir():
+        damage = cache_damage(cache)
+        if damage is None:
+            _WHOLE_CACHES.add(cache)
+            return
+        log.warning("the de-quantised LLM cache %s is damaged (%s): rebuilding it", cache, damage)
+        shutil.rmtree(cache)
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     log.info("de-quantising %s (once; cached at %s)", folder / gguf_file, cache)
@@ -95,6 +141,7 @@ def dequantise_gguf_once(folder: Path, gguf_file: str, cache: Path) -> None:
         )
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file).save_pretrained(tmp)
+        write_cache_manifest(tmp)
         try:
             tmp.rename(cache)
         except OSError:
@@ -102,6 +149,7 @@ def dequantise_gguf_once(folder: Path, gguf_file: str, cache: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _WHOLE_CACHES.add(cache)
 
 
 def load_tokenizer(spec: str | None, default_folder: Path | None):
