@@ -18,6 +18,7 @@ from framework.core.weights import WeightsSource
 from framework.data.datamodule import ReasoningDataModule
 from framework.eval.overlays import write_overlays
 from framework.eval.report import results_table
+from framework.track.evaluations import INDEX, list_evaluations, new_evaluation_dir, point_latest, record_evaluation
 from framework.track.mlflow_run import log_run_files, make_logger
 from framework.track.run_dirs import new_run_dir
 from framework.train.strategies import seed_everything, trainer_kwargs
@@ -99,18 +100,40 @@ def evaluate(
     results["checkpoint"] = weights.source if weights is not None else None
     if not writer:
         return results
-    json_path = out_dir / f"results_{stage}.json" if stage != "test" else out_dir / "results.json"
+    split = cfg["data"]["test_split" if stage == "test" else "val_split"]
+    folder = new_evaluation_dir(out_dir, stage, split)
+    name = "results.json" if stage == "test" else f"results_{stage}.json"
+    json_path = folder / name
     json_path.write_text(json.dumps(results, indent=2))
     table = results_table(results, cfg)
     md_path = json_path.with_suffix(".md")
     md_path.write_text(table + "\n")
     print(table)
-    print(f"results: {json_path}")
+    latest = {name: json_path, md_path.name: md_path}
     log_run_files(logger, cfg, [json_path, md_path])
     if stage == "test" and task.overlay_predictions:
-        overlay_dir = out_dir / "overlays"
+        overlay_dir = folder / "overlays"
         write_overlays(data.dataset("test"), task.overlay_predictions, overlay_dir)
+        latest["overlays"] = overlay_dir
         print(f"overlays: {overlay_dir}")
         if logger is not None:
             logger.experiment.log_artifacts(logger.run_id, str(overlay_dir), artifact_path="overlays")
+    metrics = results["test"]["metrics"] if stage == "test" else results["val"]
+    record_evaluation(out_dir, folder, {
+        "stage": stage, "split": split, "data_root": str(cfg["data"]["root"]), "checkpoint": results["checkpoint"],
+        "giou": metrics.get("giou"), "ciou": metrics.get("ciou"), "n": metrics.get("n"),
+    })
+    point_latest(out_dir, latest)
+    print(f"results: {json_path} (also {out_dir / name}: the newest)")
+    print_evaluations(out_dir)
     return results
+
+
+def print_evaluations(run_dir: Path) -> None:
+    """One line per evaluation kept in ``run_dir`` (``framework.track.evaluations``), oldest first."""
+    entries = list_evaluations(run_dir)
+    print(f"evaluations of {run_dir} ({run_dir / 'evaluations' / INDEX}):")
+    for e in entries:
+        scores = " / ".join("–" if e.get(k) is None else f"{e[k]:.3f}" for k in ("giou", "ciou"))
+        print(f"  {e['evaluation']}  {e['time']}  {e['split']} of {e['data_root']} (n={e.get('n')}), "
+              f"checkpoint {e['checkpoint']}: gIoU / cIoU {scores}")

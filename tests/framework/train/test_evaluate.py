@@ -81,7 +81,9 @@ def test_two_processes_count_every_sample_once(experiment, tmp_path, mlflow_uri,
 
     overlays = sorted(p.name for p in (tmp_path / "ddp" / "overlays").iterdir())
     assert len(overlays) == N_TEST and overlays == sorted(p.name for p in (tmp_path / "single" / "overlays").iterdir())
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["overlays", "results.json", "results.md"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["evaluations", "overlays", "results.json",
+                                                                    "results.md"]
+    assert sorted(p.name for p in (tmp_path / "ddp" / "evaluations").iterdir()) == ["001-test-test", "index.jsonl"]
     assert not (tmp_path / "runs").exists() and not (config.parent / "runs").exists()
 
     client = mlflow.MlflowClient(mlflow_uri)
