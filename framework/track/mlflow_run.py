@@ -8,6 +8,7 @@ one FAILED. A SIGKILL cannot be handled: such a run stays RUNNING.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -39,6 +40,16 @@ class RunLogger(MLFlowLogger):
         super().__init__(*args, **kwargs)
         self.interrupted = False  # set by ``RunStatus`` when a signal (SIGTERM, Ctrl-C) stops the trainer
         self._last_step: dict[str, int] = {}
+        self._continues = kwargs.get("run_id") is not None  # a resumed fit: its steps so far are read first
+
+    def _continue_run(self) -> None:
+        """Steps the continued run already holds count as logged (a resumed fit redoes the steps after its
+        checkpoint: their first values stay, so the history has neither a gap nor a duplicate step)."""
+        self._continues = False
+        client = self.experiment
+        for key in client.get_run(self.run_id).data.metrics:
+            self._last_step[key] = max(m.step for m in client.get_metric_history(self.run_id, key))
+        client.update_run(self.run_id, status="RUNNING")
 
     @property
     def tracking_uri(self) -> str:
@@ -47,6 +58,8 @@ class RunLogger(MLFlowLogger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         step = step or 0
+        if self._continues:
+            self._continue_run()
         fresh = {k: v for k, v in metrics.items() if self._last_step.get(k, -1) < step}
         self._last_step.update(dict.fromkeys(fresh, step))
         if fresh:
@@ -97,10 +110,11 @@ def _reachable_uri(tc: dict[str, Any]) -> tuple[str, dict[str, str]]:
 
 
 def make_logger(
-    cfg: dict[str, Any], run_dir: Path, run_name: str, tags: dict[str, str] | None = None
+    cfg: dict[str, Any], run_dir: Path, run_name: str, tags: dict[str, str] | None = None, run_id: str | None = None
 ) -> RunLogger | None:
     """A ``RunLogger`` for ``cfg['tracking']`` (None when tracking is disabled); ``tags`` go on the run besides
-    ``run_tags`` (a sweep trial's nest its run under the study's).
+    ``run_tags`` (a sweep trial's nest its run under the study's); ``run_id`` continues that run instead of
+    starting one (a resumed fit).
 
     Artifacts go under the run folder's ``mlartifacts`` unless the store is a server: a sqlite store must not
     scatter ``./mlruns`` folders into the working directory.
@@ -124,7 +138,28 @@ def make_logger(
         artifact_location=artifact_location,
         log_model=False,
         tags={**run_tags(), **fallback_tags, **(tags or {})},
+        run_id=run_id,
     )
+
+
+RUN_RECORD = "mlflow_run.json"
+
+
+def remember_run(logger: RunLogger | None, run_dir: Path) -> None:
+    """``run_dir/RUN_RECORD``: the MLflow run of this fit, which a resumed fit continues."""
+    if logger is not None:
+        record = {"run_id": logger.run_id, "tracking_uri": logger.tracking_uri}
+        (run_dir / RUN_RECORD).write_text(json.dumps(record) + "\n", encoding="utf-8")
+
+
+def remembered_run(run_dir: Path, cfg: dict[str, Any]) -> str | None:
+    """The MLflow run id a fit in ``run_dir`` logged to, when it is in the store ``cfg`` tracks to (None: none, or
+    another store; a resumed fit then starts a run of its own)."""
+    path = run_dir / RUN_RECORD
+    if not cfg["tracking"]["enabled"] or not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return record["run_id"] if record.get("tracking_uri") == cfg["tracking"]["uri"] else None
 
 
 def log_run_files(logger, cfg: dict[str, Any], files: list[Path]) -> None:

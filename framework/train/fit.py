@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from framework.core.config import save_config
 from framework.core.errors import UserError
 from framework.data.datamodule import ReasoningDataModule
-from framework.track.mlflow_run import log_run_files, make_logger, tracking_callbacks
+from framework.track.mlflow_run import log_run_files, make_logger, remember_run, remembered_run, tracking_callbacks
 from framework.track.run_dirs import new_run_dir, resolve_checkpoint
 from framework.train.checkpointing import ResumeState, checkpoint_callbacks
 from framework.train.strategies import (
@@ -51,7 +51,9 @@ def fit(
     writer = rank_zero_only.rank == 0  # from the launcher's environment, known before the process group exists
     config_path = save_config(cfg, run_dir / "config.yaml") if writer else None
     # before the model: an unreachable server fails fast
-    logger = make_logger(cfg, run_dir, f"{cfg['name']}-fit", tags)
+    # a resumed fit continues the MLflow run of the fit it resumes
+    previous_run = remembered_run(run_dir, cfg) if ckpt_path else None
+    logger = make_logger(cfg, run_dir, f"{cfg['name']}-fit", tags, run_id=previous_run)
     seed_everything(cfg)
     try:
         task = SegEarthTask(cfg)
@@ -73,6 +75,7 @@ def fit(
     )
     if writer:
         log_run_files(logger, cfg, [config_path])
+        remember_run(logger, run_dir)
     started = time.time()
     with warnings.catch_warnings(), run_dir_for_children(run_dir):
         # frozen slots are kept in eval mode on purpose (no dropout / DropPath on a frozen part)

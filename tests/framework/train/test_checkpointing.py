@@ -97,6 +97,42 @@ def test_killed_run_resumes_to_the_same_result(config, tmp_path):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
 
 
+def _kill_after_first_checkpoint(cmd: list[str], root: Path, cwd: Path) -> None:
+    process = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not list(root.glob("tiny/*/checkpoints/last.ckpt")):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(1.0)  # a few more steps logged after the checkpoint: the resumed fit redoes them
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stderr.close()
+
+
+@pytest.mark.slow
+def test_a_resumed_fit_continues_its_mlflow_run_without_gap_or_duplicate_step(config, tmp_path, mlflow_uri):
+    import mlflow
+
+    root = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "framework.cli", "fit", str(config), f"output_dir={root}", "tracking.enabled=true",
+           "tracking.experiment=resume-continues-run", "trainer.log_every_n_steps=1"]
+    _kill_after_first_checkpoint(cmd, root, tmp_path)
+    run_dir = only_run(root)
+    first_run = json.loads((run_dir / "mlflow_run.json").read_text())["run_id"]
+    resumed = subprocess.run([*cmd, "--resume", "last"], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                             timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = mlflow.MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("resume-continues-run").experiment_id])
+    assert [r.info.run_id for r in runs] == [first_run]  # one run: the resumed fit logged into the first
+    assert runs[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(first_run, "train/loss_step")]
+    assert sorted(steps) == list(range(EPOCHS * STEPS_PER_EPOCH)), steps  # every step once: no gap, no duplicate
+    validated = [m.step for m in client.get_metric_history(first_run, "val/giou")]
+    assert len(validated) == len(set(validated)) == EPOCHS
+
+
 WRITER = textwrap.dedent(
     """
     import sys, torch
