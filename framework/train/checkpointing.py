@@ -26,13 +26,16 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from framework.core.errors import UserError
 from framework.data.sampling import ResumableLoader
 
 TMP_MARK = ".tmp-"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to ``<path>.tmp-<pid>`` in the target's folder, fsync, ``os.replace`` onto ``<path>``."""
+    """``torch.save`` to ``<path>.tmp-<pid>`` in the target's folder, fsync, ``os.replace`` onto ``<path>``. A write
+that fails (a full disk, a file-size limit, a quota) leaves the previous checkpoint as it was and is a UserError
+saying so."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -46,11 +49,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as exc:
+            # torch's zip writer turns a failed write into a RuntimeError raised while the OSError is handled
+            failed = _os_error(exc)
+            if failed is None:
+                raise
+            kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+            raise UserError(
+                f"{path}: cannot write the checkpoint ({failed.strerror or failed}; disk full?); {kept}"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
         for stale in path.parent.glob(f"{path.name}{TMP_MARK}*"):  # left by a process killed mid-save
             stale.unlink(missing_ok=True)
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError ``exc`` is, or was raised while handling (None when there is none)."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def _fsync_dir(folder: Path) -> None:

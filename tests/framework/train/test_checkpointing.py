@@ -5,6 +5,7 @@ checkpoint write killed part-way never leaves a corrupt ``last.ckpt``."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,3 +166,53 @@ def test_kill_during_save_leaves_a_complete_checkpoint(tmp_path):
     AtomicCheckpointIO().save_checkpoint({"n": 0}, target)
     assert torch.load(target, weights_only=True) == {"n": 0}
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]
+
+
+FULL_DISK = textwrap.dedent(
+    """
+    import resource, signal, sys
+    import torch
+    from framework.core.errors import UserError
+    from framework.train.checkpointing import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"w": torch.arange(1000.0)}, sys.argv[1])
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    try:
+        io.save_checkpoint({"w": torch.zeros(1 << 20)}, sys.argv[1])
+    except UserError as error:
+        print(error)
+    """
+)
+
+
+def test_a_checkpoint_write_that_runs_out_of_space_keeps_the_previous_one(tmp_path):
+    """A save that cannot be written (a file-size limit stands in for a full disk) is a UserError naming the file
+    and the cause; the previous checkpoint is untouched and loads, and no temporary file is left."""
+    path = tmp_path / "last.ckpt"
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == (f"{path}: cannot write the checkpoint (File too large; disk full?); the previous "
+                                   "last.ckpt is unchanged")
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(1000.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_fit_on_a_full_disk_is_one_line_and_exit_2(config, tmp_path):
+    import resource
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))  # below one checkpoint of the tiny model
+
+    cmd = [sys.executable, "-m", "framework.cli", "fit", str(config), f"output_dir={tmp_path / 'runs'}"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=240,
+                          preexec_fn=limit_file_size)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("segearth: error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert re.search(r"last\.ckpt: cannot write the checkpoint \(File too large; disk full\?\); no last\.ckpt was "
+                     r"written$", errors[0]), errors[0]
+    assert not list((tmp_path / "runs").rglob("*.ckpt*"))
