@@ -372,6 +372,9 @@ def _check_optim(cfg: dict[str, Any]) -> None:
     if oc["ema_decay"] and isinstance(strategy, str) and strategy.startswith(("fsdp", "deepspeed")):
         # the average is kept per process over whole tensors; sharded or DeepSpeed-owned weights are neither
         raise ConfigError(f"optim.ema_decay works with strategy auto, ddp or ddp_spawn, not {strategy}")
+    betas = oc["betas"]
+    if not (isinstance(betas, list) and len(betas) == 2 and all(_number(b) and 0 <= b < 1 for b in betas)):
+        raise ConfigError(f"optim.betas: expected [beta1, beta2], each in [0, 1), got {betas!r}")
     _at_least("optim.lr", oc["lr"], 0)
     _at_least("optim.weight_decay", oc["weight_decay"], 0)
     _fraction("optim.warmup_ratio", oc["warmup_ratio"], closed=False)
@@ -398,6 +401,18 @@ def _check_data(cfg: dict[str, Any]) -> None:
     check_augment(dc["augment"])
 
 
+LOSS_WEIGHTS = ("bce_weight", "dice_weight", "pos_balance", "lm_weight", "presence_weight", "competition_weight",
+                "concept_query_weight")
+
+
+def _check_loss(lc: dict[str, Any]) -> None:
+    for key in LOSS_WEIGHTS:
+        _at_least(f"loss.{key}", lc[key], 0)
+    _at_least("loss.num_points", lc["num_points"], 1)
+    _at_least("loss.oversample_ratio", lc["oversample_ratio"], 1)
+    _fraction("loss.importance_sample_ratio", lc["importance_sample_ratio"])
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Every section of a resolved config checked for what can be known without building anything; with
     ``check_model_config`` (the components' signatures) that is the whole load-time validation."""
@@ -406,6 +421,7 @@ def validate(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"model.{slot} is missing (needs at least 'name')")
     _check_optim(cfg)
     _check_data(cfg)
+    _check_loss(cfg["loss"])
     _at_least("checkpoint.every_n_steps", cfg["checkpoint"]["every_n_steps"], 0)
     _choice("eval.tta", cfg["eval"]["tta"], TTA_MODES)
     _at_least("eval.overlays", cfg["eval"]["overlays"], 0)

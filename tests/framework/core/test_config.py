@@ -146,6 +146,10 @@ def test_component_validation_at_load_time(tmp_path):
         ("eval.tta=all", r"eval.tta: expected one of none, flips, dihedral"),
         ("predict.overlap=1.5", r"predict.overlap: expected a fraction in \[0, 1\)"),
         ("model.readout.name=argmax", r"model.readout: unknown readout 'argmax'"),
+        ("loss.dice_weight=-1", r"loss.dice_weight: expected a number >= 0, got -1"),
+        ("loss.num_points=0", r"loss.num_points: expected a number >= 1, got 0"),
+        ("loss.importance_sample_ratio=1.5", r"loss.importance_sample_ratio: expected a fraction in \[0, 1\]"),
+        ("optim.betas=[0.9,1.5]", r"optim.betas: expected \[beta1, beta2\], each in \[0, 1\)"),
     ],
 )
 def test_the_whole_config_is_checked_when_it_is_loaded(tmp_path, override, message):
