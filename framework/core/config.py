@@ -233,8 +233,10 @@ def _apply_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             OmegaConf.from_dotlist([item])
         except yaml.YAMLError as exc:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            value = item.split("=", 1)[1]
             raise ConfigError(
-                f"override '{item}': the value is not valid YAML ({problem}); quote it, e.g. {key}='\"...\"'"
+                f"override '{item}': the value is not valid YAML ({problem}); quote it for YAML inside the shell's "
+                f"quotes: \"{key}='{value}'\""
             ) from None
     try:
         given = OmegaConf.from_dotlist(list(overrides))

@@ -148,6 +148,10 @@ def _late_bad_input(case: str, tmp_path: Path, synth_root: Path) -> list[str]:
     ckpt = write_checkpoint(load_config(path), tmp_path / "trained" / "checkpoints" / "last.ckpt")
     if case == "checkpoint_of_another_config":
         return ["test", str(path), "--ckpt", str(ckpt), "model.mask_head.dim=8"]
+    if case == "truncated_checkpoint":
+        cut = tmp_path / "cut.ckpt"
+        cut.write_bytes(ckpt.read_bytes()[:100_000])
+        return ["test", str(path), "--ckpt", str(cut)]
     image = sorted((synth_root / "test" / "images").iterdir())[0]
     out = "/proc/nope/out" if case == "out_cannot_be_made" else str(path / "out")
     return ["predict", "--model", str(ckpt), "--image", str(image), "--question", "Where?", "--out", out]
@@ -159,6 +163,7 @@ LATE_BAD_INPUTS = {
     "checkpoint_of_another_config": r"last\.ckpt: the checkpoint does not fit the model of this config \(\d+ tensors "
                                     r"of another shape, 0 missing, 0 unexpected; first mask_head\.",
     "out_cannot_be_made": r"--out /proc/nope/out: cannot make a folder there",
+    "truncated_checkpoint": r"cut\.ckpt: cannot read checkpoint \(PytorchStreamReader failed",
     "out_under_a_file": r"--out .*tiny\.yaml/out: .*tiny\.yaml is not a folder",
 }
 
