@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 INDEX = "index.jsonl"
-
-
 LATEST_NAMES = ("results.json", "results.md", "results_validate.json", "results_validate.md", "overlays")
 
 

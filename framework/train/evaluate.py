@@ -43,8 +43,8 @@ def evaluate(
     """``validate`` or ``test`` ``weights`` (None: the model as built from the config); ``test`` also runs the
     shuffled-question control (config ``eval.shuffled_control``) and, for a model with visual tokens, the
     image-blind control (``eval.image_blind_control``: each question answered with another image's visual tokens),
-    and writes results.json + results.md and
-    ``eval.overlays`` prediction overlays. Results go to ``out``, else the weights' run folder, else a new one.
+    and writes results.json + results.md and ``eval.overlays`` prediction overlays into an evaluation folder of
+    its own (``framework.track.evaluations``) under ``out``, else the weights' run folder, else a new one.
 
     Under DDP (``trainer.devices`` > 1, strategy ``ddp``) every process evaluates its share and gets the
     gathered results; only rank 0 makes folders, writes, prints and logs to MLflow.
@@ -123,6 +123,8 @@ def evaluate(
         "stage": stage, "split": split, "data_root": str(cfg["data"]["root"]), "checkpoint": results["checkpoint"],
         "giou": metrics.get("giou"), "ciou": metrics.get("ciou"), "n": metrics.get("n"),
     })
+    if stage == "test" and "overlays" not in latest and (out_dir / "overlays").is_symlink():
+        (out_dir / "overlays").unlink()  # the newest test drew none: no link to an older one's
     point_latest(out_dir, latest)
     print(f"results: {json_path} (also {out_dir / name}: the newest)")
     print_evaluations(out_dir)
