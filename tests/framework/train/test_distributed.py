@@ -76,7 +76,8 @@ def test_two_processes_train_like_one(config, tmp_path, mlflow_uri, capsys):
     ddp_runs = [p for p in (ddp_out / "tiny").iterdir() if not p.name.startswith(".")]
     assert len(ddp_runs) == 1  # both processes wrote into rank 0's run folder
     ddp_run = ddp_runs[0]
-    assert sorted(p.name for p in ddp_run.iterdir()) == ["checkpoints", "config.yaml", "fit.json"]
+    # rank 0's files only: the MLflow run record is the one run both processes' metrics went to
+    assert sorted(p.name for p in ddp_run.iterdir()) == ["checkpoints", "config.yaml", "fit.json", "mlflow_run.json"]
 
     one = torch.load(single_run / "checkpoints" / "last.ckpt", weights_only=False)
     two = torch.load(ddp_run / "checkpoints" / "last.ckpt", weights_only=False)
