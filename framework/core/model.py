@@ -163,6 +163,16 @@ class SegEarthModel(nn.Module):
     def max_stride(self) -> int:
         return max(self.encoder.strides)
 
+    def check_image_size(self, size: int) -> None:
+        """A ConfigError unless ``data.image_size`` ``size`` is a multiple of the encoder's largest stride."""
+        stride = self.max_stride
+        if size % stride:
+            lower, upper = size // stride * stride, -(-size // stride) * stride
+            raise ConfigError(
+                f"data.image_size {size} is not a multiple of the encoder's largest stride {stride} "
+                f"(e.g. {lower or upper} or {upper})"
+            )
+
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The encoder's maps [U,C_i,H/s_i,W/s_i] of images [U,3,H,W] in [0,1] (H, W divisible by ``max_stride``).
         In training mode its batch-norm statistics come from these U images."""

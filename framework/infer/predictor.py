@@ -112,10 +112,7 @@ class Predictor:
         self.scale = config["data"].get("scale", "auto")
         self.threshold = config["eval"]["threshold"]
         self.options = predict_options(config, **options)
-        if self.image_size % model.max_stride:
-            raise ConfigError(
-                f"data.image_size {self.image_size} is not divisible by the encoder's largest stride {model.max_stride}"
-            )
+        model.check_image_size(self.image_size)
 
     # ------------------------------------------------------------------ inputs
     def load_image(self, source: ImageSource) -> LoadedImage:

@@ -53,11 +53,15 @@ def list_evaluations(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def point_latest(run_dir: Path, targets: dict[str, Path]) -> None:
+def point_latest(run_dir: Path, targets: dict[str, Path | None]) -> None:
     """``run_dir/<name>`` -> ``target`` for every item, as relative symlinks replaced atomically (a copy where the
-    file system has no symlinks)."""
+    file system has no symlinks); a None target removes the name (the newest evaluation has no such file)."""
     for name, target in targets.items():
         link = run_dir / name
+        if target is None:
+            if link.is_symlink() or link.exists():
+                _remove(link)
+            continue
         staged = run_dir / f".{name}.new"
         if staged.is_symlink() or staged.exists():
             _remove(staged)

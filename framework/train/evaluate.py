@@ -111,20 +111,19 @@ def evaluate(
     print(table)
     latest = {name: json_path, md_path.name: md_path}
     log_run_files(logger, cfg, [json_path, md_path])
-    if stage == "test" and task.overlay_predictions:
-        overlay_dir = folder / "overlays"
-        write_overlays(data.dataset("test"), task.overlay_predictions, overlay_dir)
-        latest["overlays"] = overlay_dir
-        print(f"overlays: {overlay_dir}")
-        if logger is not None:
-            logger.experiment.log_artifacts(logger.run_id, str(overlay_dir), artifact_path="overlays")
+    if stage == "test":
+        overlay_dir = folder / "overlays" if task.overlay_predictions else None
+        if overlay_dir is not None:
+            write_overlays(data.dataset("test"), task.overlay_predictions, overlay_dir)
+            print(f"overlays: {overlay_dir}")
+            if logger is not None:
+                logger.experiment.log_artifacts(logger.run_id, str(overlay_dir), artifact_path="overlays")
+        latest["overlays"] = overlay_dir  # None: this test drew none, so no link to an older test's
     metrics = results["test"]["metrics"] if stage == "test" else results["val"]
     record_evaluation(out_dir, folder, {
         "stage": stage, "split": split, "data_root": str(cfg["data"]["root"]), "checkpoint": results["checkpoint"],
         "giou": metrics.get("giou"), "ciou": metrics.get("ciou"), "n": metrics.get("n"),
     })
-    if stage == "test" and "overlays" not in latest and (out_dir / "overlays").is_symlink():
-        (out_dir / "overlays").unlink()  # the newest test drew none: no link to an older one's
     point_latest(out_dir, latest)
     print(f"results: {json_path} (also {out_dir / name}: the newest)")
     print_evaluations(out_dir)

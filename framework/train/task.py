@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from framework.core.errors import ConfigError
 from framework.core.model import ModelOutput, SegEarthModel, upsample_logits
 from framework.core.weights import FROZEN_KEY, MODEL_PREFIX, restore_frozen, slim_state
 from framework.data.transforms import box_mask
@@ -29,16 +28,6 @@ from framework.train.strategies import drop_gradients, guard_loss
 from framework.train.weight_average import WeightAverage
 
 
-def check_image_size(size: int, stride: int) -> None:
-    """``data.image_size`` must be a multiple of the encoder's largest stride (known once the encoder is built)."""
-    if size % stride:
-        lower, upper = size // stride * stride, -(-size // stride) * stride
-        raise ConfigError(
-            f"data.image_size {size} is not a multiple of the encoder's largest stride {stride} "
-            f"(e.g. {lower or upper} or {upper})"
-        )
-
-
 class SegEarthTask(L.LightningModule):
     """Training, validation and test of a ``SegEarthModel`` built from a resolved experiment config."""
 
@@ -48,7 +37,7 @@ class SegEarthTask(L.LightningModule):
         self.save_hyperparameters({"config": config}, logger=False)
         self.config = config
         self.model = SegEarthModel(config["model"])
-        check_image_size(config["data"]["image_size"], self.model.max_stride)
+        self.model.check_image_size(config["data"]["image_size"])
         # "<stage>": in the letterboxed frame (reference-comparable); "<stage>_native": each image's own size
         self.metrics = nn.ModuleDict(
             {name: ReasoningSegMetrics() for name in ("val", "test", "val_native", "test_native")}

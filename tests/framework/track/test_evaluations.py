@@ -51,3 +51,7 @@ def test_two_tests_of_one_run_are_both_kept_and_listed(experiment, tmp_path, cap
     assert len(list((out / "evaluations" / "001-test-test" / "overlays").iterdir())) == 1
     assert os.readlink(out / "overlays") == "evaluations/002-test-val/overlays"
     assert "  001-test-test" in printed and "  002-test-val" in printed and "val of " in printed
+    # a newest test that draws no overlays leaves no link to an older test's
+    assert main([*args, "eval.overlays=0", "eval.shuffled_control=false"]) == 0
+    assert not (out / "overlays").exists() and not (out / "overlays").is_symlink()
+    assert (out / "evaluations" / "002-test-val" / "overlays").is_dir()
