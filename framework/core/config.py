@@ -105,6 +105,10 @@ class TrackingSchema:
     system_metrics: bool = True  # fit: CPU/GPU memory and utilisation (system/* metrics, MLflow's monitor)
     val_overlays: int = 4  # fit: overlays of the first N val samples logged as images per validation (0 = none)
     log_checkpoints: bool = False  # fit: best.ckpt and last.ckpt as run artifacts (checkpoints/)
+    # fit, a server that stops answering: its logging is kept; a kept call tries the server again every retry_s,
+    # and at the end waits final_wait_s for it before the metrics it never got go to the run folder
+    retry_s: float = 15.0
+    final_wait_s: float = 300.0
 
 
 @dataclass
@@ -415,6 +419,25 @@ def _check_loss(lc: dict[str, Any]) -> None:
     _fraction("loss.importance_sample_ratio", lc["importance_sample_ratio"])
 
 
+# numeric Lightning Trainer arguments and the least value each takes (-1: no limit); None (Lightning's default) passes
+TRAINER_MINIMUMS = {"max_epochs": -1, "min_epochs": 0, "max_steps": -1, "min_steps": 0, "accumulate_grad_batches": 1,
+                    "check_val_every_n_epoch": 1, "num_sanity_val_steps": -1, "log_every_n_steps": 0,
+                    "gradient_clip_val": 0, "limit_train_batches": 0, "limit_val_batches": 0, "limit_test_batches": 0,
+                    "limit_predict_batches": 0}
+
+
+def _check_trainer(tc: dict[str, Any]) -> None:
+    """The numeric ``trainer`` arguments Lightning would take and only fail on mid-fit (a division by zero) or
+    with a traceback; the rest is checked by building a Trainer (``framework.train.strategies.trainer_kwargs``)."""
+    for key, low in TRAINER_MINIMUMS.items():
+        if tc.get(key) is not None:
+            _at_least(f"trainer.{key}", tc[key], low)
+    interval = tc.get("val_check_interval")
+    if interval is not None and (not _number(interval) or interval <= 0):
+        raise ConfigError(f"trainer.val_check_interval: expected a number > 0 (a fraction of an epoch or a number "
+                          f"of batches), got {interval!r}")
+
+
 def validate(cfg: dict[str, Any]) -> None:
     """Every section of a resolved config checked for what can be known without building anything; with
     ``check_model_config`` (the components' signatures) that is the whole load-time validation."""
@@ -424,9 +447,14 @@ def validate(cfg: dict[str, Any]) -> None:
     _check_optim(cfg)
     _check_data(cfg)
     _check_loss(cfg["loss"])
+    _check_trainer(cfg["trainer"])
+    if not _number(cfg["seed"]) or not 0 <= cfg["seed"] < 2**32:
+        raise ConfigError(f"seed: expected an integer in [0, 2**32), got {cfg['seed']!r}")
     _at_least("checkpoint.every_n_steps", cfg["checkpoint"]["every_n_steps"], 0)
     _choice("eval.tta", cfg["eval"]["tta"], TTA_MODES)
     _at_least("eval.overlays", cfg["eval"]["overlays"], 0)
+    for key in ("val_overlays", "retry_s", "final_wait_s"):
+        _at_least(f"tracking.{key}", cfg["tracking"][key], 0)
     check_predict(cfg["predict"])
 
 

@@ -173,8 +173,15 @@ class Registry:
         """Check ``cfg`` and build the component, passing the framework's ``injected`` arguments too."""
         cfg = dict(cfg)
         self.check(cfg, injected, where)
-        obj = self.get(cfg.pop("name"))
-        return obj(**cfg, **injected)
+        name = cfg.pop("name")
+        try:
+            return self.get(name)(**cfg, **injected)
+        except (ValueError, RuntimeError) as exc:
+            # values of the right type that the component cannot take (a size of 0, heads that do not divide dim)
+            given = ", ".join(f"{k}={v!r}" for k, v in cfg.items()) or "its defaults"
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ConfigError(f"{where or self.slot}: {self.slot} '{name}' with {given} cannot be built "
+                              f"({type(exc).__name__}: {first})") from exc
 
 
 SLOT_REGISTRIES: dict[str, Registry] = {name: Registry(name) for name in SLOT_NAMES}

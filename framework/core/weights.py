@@ -133,13 +133,18 @@ class CheckpointWeights:
         """The experiment config the checkpoint was trained with."""
         return checkpoint_config(self.checkpoint, self.path)
 
-    def load_into(self, model: SegEarthModel) -> None:
-        """Copy the checkpoint's model tensors into ``model`` (strict), frozen slots rebuilt and checked."""
+    def model_state(self, model: SegEarthModel) -> dict[str, torch.Tensor]:
+        """The checkpoint's model tensors (keys as in ``model.state_dict()``), frozen slots rebuilt from ``model``
+        and checked; a checkpoint that does not fit ``model`` is a UserError."""
         state = {k: v for k, v in self.checkpoint["state_dict"].items() if k.startswith(MODEL_PREFIX)}
         restore_frozen(model, state, self.checkpoint.get(FROZEN_KEY, {}))
         state = {k[len(MODEL_PREFIX) :]: v for k, v in state.items()}
         check_fits(model, state, self.path)
-        model.load_state_dict(state, strict=True)
+        return state
+
+    def load_into(self, model: SegEarthModel) -> None:
+        """Copy the checkpoint's model tensors into ``model`` (strict), frozen slots rebuilt and checked."""
+        model.load_state_dict(self.model_state(model), strict=True)
 
 
 def load_checkpoint_model(path: Path) -> tuple[SegEarthModel, dict]:

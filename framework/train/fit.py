@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from framework.core.config import save_config
 from framework.core.errors import UserError
+from framework.core.weights import CheckpointWeights
 from framework.data.datamodule import ReasoningDataModule
 from framework.track.mlflow_run import log_run_files, make_logger, remember_run, remembered_run, tracking_callbacks
 from framework.track.run_dirs import new_run_dir, resolve_checkpoint
@@ -47,9 +48,9 @@ def fit(
     data = ReasoningDataModule(cfg["data"], seed=cfg["seed"])
     data.dataset("train"), data.dataset("val")  # fail on bad data before building a model
     ckpt_path = resolve_checkpoint(cfg, resume) if resume else None
+    resumed = CheckpointWeights(ckpt_path) if ckpt_path else None  # a truncated file fails here
     run_dir = shared_run_dir(cfg, new_run_dir, ckpt_path)
     writer = rank_zero_only.rank == 0  # from the launcher's environment, known before the process group exists
-    config_path = save_config(cfg, run_dir / "config.yaml") if writer else None
     # before the model: an unreachable server fails fast
     # a resumed fit continues the MLflow run of the fit it resumes
     previous_run = remembered_run(run_dir, cfg) if ckpt_path else None
@@ -57,10 +58,14 @@ def fit(
     seed_everything(cfg)
     try:
         task = SegEarthTask(cfg)
+        if resumed is not None:  # a checkpoint of another config: one line, and the run's config.yaml is kept
+            resumed.model_state(task.model)
+            del resumed
     except UserError:
-        if writer and ckpt_path is None:  # a new run folder that holds nothing but the config
+        if writer and ckpt_path is None:  # a new run folder that holds nothing yet
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    config_path = save_config(cfg, run_dir / "config.yaml") if writer else None
     every_n_steps = cfg["checkpoint"]["every_n_steps"]
     all_callbacks: list[L.Callback] = [*checkpoint_callbacks(run_dir / "checkpoints", every_n_steps), ResumeState()]
     if logger is not None:

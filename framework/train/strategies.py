@@ -102,7 +102,28 @@ def trainer_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
             close = difflib.get_close_matches(key, valid, 1)
             hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
         raise ConfigError(f"trainer: unknown Lightning Trainer argument(s): {', '.join(hints)}")
-    return dict(cfg["trainer"])
+    kwargs = dict(cfg["trainer"])
+    _probe_trainer(kwargs)
+    return kwargs
+
+
+def _probe_trainer(kwargs: dict[str, Any]) -> None:
+    """Build a Trainer from ``kwargs`` and drop it, so that a value Lightning refuses (devices, precision, strategy
+    or accelerator names) is a ConfigError before any run folder, MLflow run or model exists."""
+    import logging
+
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    quiet = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # the device lines print once, at the real one
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        L.Trainer(**{**kwargs, "logger": False, "enable_checkpointing": False, "callbacks": []})
+    except (MisconfigurationException, ValueError) as exc:
+        raise ConfigError(f"trainer: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def seed_everything(cfg: dict[str, Any]) -> None:

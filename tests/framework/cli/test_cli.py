@@ -80,6 +80,7 @@ BAD_INPUTS = {
     "wrong_type": (None, "data.image_size"),
     "missing_data_dir": (None, "data directory not found"),
     "base_cycle": ("base: bad.yaml\nname: x\n", "cycle"),
+    "trainer_value_lightning_refuses": (None, r"trainer: `Trainer\(devices=0\)` value is not a valid input"),
 }
 
 
@@ -93,6 +94,8 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path):
         cfg["modle"] = {}
     elif case == "wrong_type":
         cfg["data"]["image_size"] = "big"
+    elif case == "trainer_value_lightning_refuses":
+        cfg["trainer"]["devices"] = 0
     path = tmp_path / "bad.yaml"
     if text is None:
         write_config(path, cfg)
@@ -142,16 +145,19 @@ def _late_bad_input(case: str, tmp_path: Path, synth_root: Path) -> list[str]:
     path = write_config(tmp_path / "tiny.yaml", cfg)
     if case == "image_size_not_a_stride_multiple":
         return ["fit", str(path), "data.image_size=72"]
+    if case == "component_cannot_be_built":
+        return ["fit", str(path), "model.mask_head.dim=0"]
     from framework.core.config import load_config
     from tests.framework.infer.test_bundle import write_checkpoint
 
     ckpt = write_checkpoint(load_config(path), tmp_path / "trained" / "checkpoints" / "last.ckpt")
-    if case == "checkpoint_of_another_config":
-        return ["test", str(path), "--ckpt", str(ckpt), "model.mask_head.dim=8"]
-    if case == "truncated_checkpoint":
+    if case.endswith("checkpoint_of_another_config"):
+        command = "fit" if case.startswith("resume") else "test"
+        return [command, str(path), "--resume" if command == "fit" else "--ckpt", str(ckpt), "model.mask_head.dim=8"]
+    if case.endswith("truncated_checkpoint"):
         cut = tmp_path / "cut.ckpt"
         cut.write_bytes(ckpt.read_bytes()[:100_000])
-        return ["test", str(path), "--ckpt", str(cut)]
+        return ["fit", str(path), "--resume", str(cut)] if case.startswith("resume") else ["test", str(path), "--ckpt", str(cut)]
     image = sorted((synth_root / "test" / "images").iterdir())[0]
     out = "/proc/nope/out" if case == "out_cannot_be_made" else str(path / "out")
     return ["predict", "--model", str(ckpt), "--image", str(image), "--question", "Where?", "--out", out]
@@ -165,6 +171,10 @@ LATE_BAD_INPUTS = {
     "out_cannot_be_made": r"--out /proc/nope/out: cannot make a folder there",
     "truncated_checkpoint": r"cut\.ckpt: cannot read checkpoint \(PytorchStreamReader failed",
     "out_under_a_file": r"--out .*tiny\.yaml/out: .*tiny\.yaml is not a folder",
+    "resume_from_checkpoint_of_another_config": r"last\.ckpt: the checkpoint does not fit the model of this config",
+    "resume_from_truncated_checkpoint": r"cut\.ckpt: cannot read checkpoint \(PytorchStreamReader failed",
+    "component_cannot_be_built": r"model\.mask_head: mask_head 'fpn' with dim=0, query_dim=32 cannot be built "
+                                 r"\(ValueError: ",
 }
 
 

@@ -150,6 +150,13 @@ def test_component_validation_at_load_time(tmp_path):
         ("loss.num_points=0", r"loss.num_points: expected a number >= 1, got 0"),
         ("loss.importance_sample_ratio=1.5", r"loss.importance_sample_ratio: expected a fraction in \[0, 1\]"),
         ("optim.betas=[0.9,1.5]", r"optim.betas: expected \[beta1, beta2\], each in \[0, 1\)"),
+        ("seed=-1", r"seed: expected an integer in \[0, 2\*\*32\), got -1"),
+        ("trainer.accumulate_grad_batches=0", r"trainer.accumulate_grad_batches: expected a number >= 1, got 0"),
+        ("trainer.check_val_every_n_epoch=0", r"trainer.check_val_every_n_epoch: expected a number >= 1, got 0"),
+        ("trainer.max_epochs=-5", r"trainer.max_epochs: expected a number >= -1, got -5"),
+        ("trainer.val_check_interval=0", r"trainer.val_check_interval: expected a number > 0"),
+        ("tracking.retry_s=-1", r"tracking.retry_s: expected a number >= 0, got -1"),
+        ("tracking.val_overlays=-2", r"tracking.val_overlays: expected a number >= 0, got -2"),
     ],
 )
 def test_the_whole_config_is_checked_when_it_is_loaded(tmp_path, override, message):

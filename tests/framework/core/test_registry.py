@@ -84,3 +84,22 @@ def test_parameters_listing(reg):
     params = {p.name: p for p in reg.parameters("widget", frozenset({"in_channels"}))}
     assert list(params) == ["width", "scale", "mode", "tag"]
     assert params["width"].default == 8 and params["width"].annotation == "int"
+
+
+class Sized:
+    """A component that refuses some values of the right type, and has a bug for one of them."""
+
+    def __init__(self, width: int = 8) -> None:
+        if width < 1:
+            raise ValueError("width must be positive")
+        if width == 13:
+            raise KeyError("a bug")
+
+
+def test_a_value_the_component_refuses_is_a_config_error_and_a_bug_keeps_its_type(reg):
+    reg.register("sized")(Sized)
+    with pytest.raises(ConfigError, match=r"^model.encoder: encoder 'sized' with width=0 cannot be built "
+                                          r"\(ValueError: width must be positive\)$"):
+        reg.build({"name": "sized", "width": 0}, where="model.encoder")
+    with pytest.raises(KeyError, match="a bug"):
+        reg.build({"name": "sized", "width": 13})

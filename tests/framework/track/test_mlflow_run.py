@@ -1,9 +1,10 @@
 """MLflow tracking against real stores: a tiny ``fit`` + ``test`` through the CLI read back with ``MlflowClient``
 (params, tags, metric histories without duplicate steps, system metrics, validation overlays, checkpoints, results),
-two compressors as two rows of ``segearth runs``, an unreachable server (fail fast, or the offline fallback), and
-runs that end by SIGTERM or by a crash."""
+two compressors as two rows of ``segearth runs``, an unreachable server (fail fast, or the offline fallback),
+runs that end by SIGTERM or by a crash, and a real server that dies during a fit and comes back."""
 
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -257,3 +259,123 @@ def test_crash_mid_training_marks_the_run_failed(tmp_path, synth_root, mlflow_ur
     assert "segearth: error:" in capsys.readouterr().err
     run = _fit_run(mlflow.MlflowClient(mlflow_uri), "crashed")
     assert run.info.status == "FAILED"
+
+
+def _mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real ``mlflow server`` on 127.0.0.1:``port`` over the sqlite store in ``folder``, in a process group of
+    its own (its uvicorn worker would outlive a killed parent); returns once it answers ``/health``."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runners: nothing here uses them
+    with (folder / "server.log").open("a") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'store.db'}"],
+            cwd=folder, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+            return server
+        except OSError:
+            assert server.poll() is None, (folder / "server.log").read_text()[-2000:]
+            time.sleep(0.3)
+    raise AssertionError("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:])
+
+
+def _stop(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait()
+
+
+def _wait_for(condition, what: str, process: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None and time.time() < deadline, f"{what}: {log.read_text()[-3000:]}"
+        time.sleep(0.3)
+
+
+def _fit_against(tmp: Path, synth_root: Path, uri: str, epochs: int, batches: int, tracking: dict):
+    """A tiny ``segearth fit`` (a process, output to ``tmp/fit.log``) logging to ``uri``; returns (process, log)."""
+    cfg = tiny_config(data={"root": str(synth_root)}, output_dir=str(tmp / "runs"), name="outage")
+    cfg["trainer"].update(max_epochs=epochs, limit_train_batches=batches)
+    cfg["tracking"] = {"uri": uri, "experiment": "outage", "val_overlays": 1, "log_checkpoints": True, **tracking}
+    path = write_config(tmp / "outage.yaml", cfg)
+    log = tmp / "fit.log"
+    with log.open("w") as out:
+        fit = subprocess.Popen(
+            [sys.executable, "-m", "framework.cli", "fit", str(path)], cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"},
+        )
+    return fit, log
+
+
+@pytest.mark.slow
+def test_tracking_server_that_dies_mid_fit_and_returns_loses_nothing(tmp_path, synth_root):
+    """A real server killed (SIGKILL, whole process group) while a fit trains, restarted on the same store: the fit
+    trains on, and the run ends FINISHED with every step of its histories once, every validation's overlays and
+    its checkpoints."""
+    port, epochs, batches = _free_port(), 45, 3
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    fit, log = _fit_against(tmp_path, synth_root, uri, epochs, batches, {"retry_s": 1})
+    client = mlflow.MlflowClient(uri)
+    try:
+        run = lambda: _fit_run(client, "outage")  # noqa: E731
+        _wait_for(lambda: run() is not None and "train/loss_step" in run().data.metrics, "training starts", fit, log)
+        run_id = run().info.run_id
+        _stop(server)
+        _wait_for(lambda: "not answering" in log.read_text(), "the fit notices the outage", fit, log)
+        time.sleep(3)  # training goes on without the server
+        server = _mlflow_server(tmp_path, port)
+        restarted = time.time() * 1000
+        assert fit.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if fit.poll() is None:
+            fit.kill()
+        _stop(server)
+        server = _mlflow_server(tmp_path, port)  # to read the run back
+    try:
+        text = log.read_text()
+        assert "answers again after" in text and "still not answering" not in text, text[-3000:]
+        finished = client.get_run(run_id)
+        assert finished.info.status == "FINISHED"
+        history = lambda key: [m.step for m in client.get_metric_history(run_id, key)]  # noqa: E731
+        assert sorted(history("train/loss_step")) == list(range(epochs * batches))  # every step once, no gap
+        assert len(history("train/loss_epoch")) == len(set(history("val/giou"))) == epochs
+        val_steps = set(history("val/giou"))
+        images = [p for p in _artifacts(client, run_id, "images") if p.endswith(".png")]
+        assert {int(p.split("+step+")[1].split("+")[0]) for p in images} == val_steps  # one overlay per validation
+        assert _artifacts(client, run_id, "checkpoints") == ["checkpoints/best.ckpt", "checkpoints/last.ckpt"]
+        cpu = client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+        steps = [m.step for m in cpu]
+        assert len(steps) == len(set(steps)) and max(m.timestamp for m in cpu) > restarted  # resumed, no repeat
+        run_dir = next((tmp_path / "runs" / "outage").iterdir())
+        assert (run_dir / "fit.json").is_file() and not (run_dir / "mlflow_unsent.jsonl").exists()
+    finally:
+        _stop(server)
+
+
+@pytest.mark.slow
+def test_tracking_server_that_never_returns_leaves_its_metrics_in_the_run_folder(tmp_path, synth_root):
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(tmp_path, port)
+    fit, log = _fit_against(tmp_path, synth_root, uri, 2, 3, {"retry_s": 1, "final_wait_s": 2,
+                                                               "system_metrics": False})
+    client = mlflow.MlflowClient(uri)
+    try:
+        _wait_for(lambda: (r := _fit_run(client, "outage")) is not None and "train/loss_step" in r.data.metrics,
+                  "training starts", fit, log)
+        _stop(server)
+        assert fit.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        if fit.poll() is None:
+            fit.kill()
+        _stop(server)
+    run_dir = next((tmp_path / "runs" / "outage").iterdir())
+    rows = [json.loads(line) for line in (run_dir / "mlflow_unsent.jsonl").read_text().splitlines()]
+    assert {"train/loss_step", "val/giou"} <= {r["key"] for r in rows}
+    assert f"{len(rows)} metric values kept in {run_dir / 'mlflow_unsent.jsonl'}" in log.read_text()
+    assert (run_dir / "fit.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
