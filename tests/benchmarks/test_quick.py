@@ -37,7 +37,10 @@ def test_quick_suite_writes_every_section(tmp_path: Path) -> None:
     assert {row[1] for row in by_key["compression"]["rows"]} == {
         "none", "conv_stride 4", "conv_stride 16", "conv_stride 64", "avg_pool 16", "perceiver 64"}
     assert {row[2] for row in by_key["questions"]["rows"]} >= {"1", "4", "16"}
-    assert by_key["deformable"]["data"]["max_abs_difference"] < 1e-4
+    deformable = by_key["deformable"]["data"]
+    assert deformable["max_abs_difference"] < 1e-4 and deformable["copy_gbps"] > 0
+    assert 0 < deformable["bandwidth_share"] == pytest.approx(
+        deformable["bytes_moved"] / deformable["ours_s"] / 1e9 / deformable["copy_gbps"])
     report = result_file.with_suffix(".md").read_text()
     for section in result["sections"]:
         assert f"## {section['title']}" in report
