@@ -31,6 +31,9 @@ class ModelSchema:
     # How the head is asked and its answers become one mask per question: {name: query} (the projector's queries),
     # concept_teacher or concept_choice with their concepts (framework/core/readout.py)
     readout: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_READOUT))
+    # The "no target" decision, {name: mask_statistics, ...} (framework/core/target.py); null = the reference's: an
+    # answer has no target only when its mask is empty
+    target_decision: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -90,6 +93,7 @@ class LossSchema:
     deep_supervision: bool = True
     presence_weight: float = 0.0  # image-level BCE on each mask's largest logit (framework/train/losses.py); 0 = reference
     competition_weight: float = 0.0  # per-pixel softmax across the questions of one image (framework/train/losses.py)
+    target_weight: float = 1.0  # BCE of model.target_decision against "the sample has a target" (when there is one)
     concept_query_weight: float = 1.0  # concept read-outs: MSE of the projector's query to its concept's query
 
 
@@ -114,6 +118,7 @@ class TrackingSchema:
 @dataclass
 class EvalSchema:
     threshold: float = 0.0  # logit threshold (0 = sigmoid 0.5, as the reference)
+    target_threshold: float = 0.5  # model.target_decision: an answer below this target probability is "no target"
     tta: str = "none"  # val/test: "none" | "flips" (4 views) | "dihedral" (8): mean logits (framework/eval/tta.py)
     shuffled_control: bool = True
     shuffle_seed: int = 0
@@ -408,7 +413,7 @@ def _check_data(cfg: dict[str, Any]) -> None:
 
 
 LOSS_WEIGHTS = ("bce_weight", "dice_weight", "pos_balance", "lm_weight", "presence_weight", "competition_weight",
-                "concept_query_weight")
+                "target_weight", "concept_query_weight")
 
 
 def _check_loss(lc: dict[str, Any]) -> None:
@@ -453,6 +458,7 @@ def validate(cfg: dict[str, Any]) -> None:
     _at_least("checkpoint.every_n_steps", cfg["checkpoint"]["every_n_steps"], 0)
     _choice("eval.tta", cfg["eval"]["tta"], TTA_MODES)
     _at_least("eval.overlays", cfg["eval"]["overlays"], 0)
+    _fraction("eval.target_threshold", cfg["eval"]["target_threshold"])
     for key in ("val_overlays", "retry_s", "final_wait_s"):
         _at_least(f"tracking.{key}", cfg["tracking"][key], 0)
     check_predict(cfg["predict"])

@@ -11,6 +11,7 @@ from framework.core.errors import UserError
 from framework.core.readout import READOUTS
 from framework.core.registry import SLOT_REGISTRIES, Registry
 from framework.core.slots import SLOTS
+from framework.core.target import TARGETS
 
 
 def _describe(name: str, registry: Registry, injected: tuple[str, ...], options: Mapping[str, Any]) -> list[str]:
@@ -35,6 +36,7 @@ def describe_components(slot: str | None = None, more: Mapping[str, Registry] | 
         spec.name: (SLOT_REGISTRIES[spec.name], spec.injected, spec.options) for spec in SLOTS
     }
     table["readout"] = (READOUTS, ("query_dim",), {})
+    table["target_decision"] = (TARGETS, (), {})
     table.update({name: (registry, (), {}) for name, registry in (more or {}).items()})
     if slot is not None and slot not in table:
         raise UserError(f"unknown slot '{slot}'; slots: {', '.join(table)}")

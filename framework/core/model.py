@@ -22,6 +22,7 @@ from framework.core.readout import READOUTS
 from framework.core.registry import SLOT_REGISTRIES
 from framework.core.rows import ImagePass, check_image_index, take_rows
 from framework.core.slots import DEFAULT_READOUT, SLOT_SPECS, SLOTS
+from framework.core.target import TARGETS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -57,6 +58,8 @@ def check_model_config(model_cfg: dict[str, Any]) -> None:
         _, component = split_slot_config(spec.name, cfg)
         SLOT_REGISTRIES[spec.name].check(component, dict.fromkeys(spec.injected), where=f"model.{spec.name}")
     READOUTS.check(model_cfg.get("readout") or dict(DEFAULT_READOUT), {"query_dim": None}, where="model.readout")
+    if model_cfg.get("target_decision"):
+        TARGETS.check(model_cfg["target_decision"], where="model.target_decision")
 
 
 def enable_grad_checkpointing(slot: str, module: nn.Module) -> None:
@@ -139,6 +142,8 @@ class SegEarthModel(nn.Module):
         self.readout = READOUTS.build(
             model_cfg.get("readout") or dict(DEFAULT_READOUT), where="model.readout", query_dim=self.mask_head.query_dim
         )
+        decision = model_cfg.get("target_decision")
+        self.target_decision = TARGETS.build(decision, where="model.target_decision") if decision else None
 
         self.frozen_slots = [slot for slot, opts in options.items() if opts["frozen"]]
         for slot in self.frozen_slots:

@@ -55,8 +55,9 @@ class ReasoningSegMetrics(Metric):
     """gIoU / cIoU / Pr@t, plus the trivial floors and empty-target accuracy of the same samples.
 
     ``update(pred [B,H,W] bool, target [B,H,W], ids [B] long, valid [B,H,W] | None)``; ``compute()`` returns a
-    dict of floats: giou, ciou, pr_0.5…pr_0.9, n, n_empty, empty_accuracy (share of empty-target samples
-    predicted empty), and floor_empty_* / floor_full_* (always predict nothing / the whole valid image).
+    dict of floats: giou, ciou, pr_0.5…pr_0.9, n, n_empty, n_acc and t_acc (as GSVA: the share of empty-target
+    samples answered "no target", i.e. with an empty mask, and of the others answered with a mask), and
+    floor_empty_* / floor_full_* (always predict nothing / the whole valid image).
     """
 
     full_state_update = False
@@ -93,10 +94,10 @@ class ReasoningSegMetrics(Metric):
         d = self._gathered()
         out = summarize(d["inter"], d["union"])
         empty = d["target_area"] == 0
+        answered = d["pred_area"] > 0
         out["n_empty"] = int(empty.sum())
-        out["empty_accuracy"] = (
-            (d["pred_area"][empty] == 0).double().mean().item() if empty.any() else float("nan")
-        )
+        out["n_acc"] = (~answered[empty]).double().mean().item() if empty.any() else float("nan")
+        out["t_acc"] = answered[~empty].double().mean().item() if (~empty).any() else float("nan")
         zeros = torch.zeros_like(d["inter"])
         for prefix, (inter, union) in {
             "floor_empty": (zeros, d["target_area"]),
@@ -106,6 +107,9 @@ class ReasoningSegMetrics(Metric):
             out[f"{prefix}_giou"] = floor["giou"]
             out[f"{prefix}_ciou"] = floor["ciou"] if not torch.isnan(torch.tensor(floor["ciou"])) else 0.0
             out[f"{prefix}_pr_0.5"] = floor["pr_0.5"]
+        # the floors' answers: never a mask (every empty target right), always one (every other target right)
+        out["floor_empty_n_acc"], out["floor_empty_t_acc"] = (1.0, 0.0)
+        out["floor_full_n_acc"], out["floor_full_t_acc"] = (0.0, 1.0)
         return out
 
     def per_sample(self) -> dict[str, list]:

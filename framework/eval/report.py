@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-COLUMNS = (("giou", "gIoU"), ("ciou", "cIoU"), ("pr_0.5", "Pr@0.5"))
+# N-acc / T-acc as GSVA: empty-target samples answered "no target" / the others answered with a mask
+COLUMNS = (("giou", "gIoU"), ("ciou", "cIoU"), ("pr_0.5", "Pr@0.5"), ("n_acc", "N-acc"), ("t_acc", "T-acc"))
 NATIVE = "native/"
 
 
@@ -48,20 +49,18 @@ def results_table(results: dict[str, Any], cfg: dict[str, Any]) -> str:
     lines.append(_row("floor: always predict empty", metrics, frames, "floor_empty_"))
     lines.append(_row("floor: always predict the whole image", metrics, frames, "floor_full_"))
     lines.append("")
-    lines.append(empty_target_line(metrics, frames))
+    lines.append(empty_target_line(metrics))
     if split == "test":
         lines.append(concept_table(results["test"]["samples"]))
     return "\n".join(lines).rstrip()
 
 
-def empty_target_line(metrics: dict[str, Any], frames: list[str]) -> str:
-    """How many samples have no target, and the share of them the model predicted empty (per frame)."""
+def empty_target_line(metrics: dict[str, Any]) -> str:
+    """How many samples have no target, and what N-acc / T-acc count."""
     if not metrics.get("n_empty"):
-        return f"Empty-target samples: none of {metrics.get('n')}."
-    shares = ", ".join(
-        f"{_fmt(metrics[f'{frame}empty_accuracy'])} ({'native' if frame else 'frame'})" for frame in frames
-    )
-    return f"Empty-target samples: {metrics['n_empty']} of {metrics['n']}; share predicted empty: {shares}."
+        return f"Empty-target samples: none of {metrics.get('n')} (N-acc undefined)."
+    return (f"Empty-target samples: {metrics['n_empty']} of {metrics['n']}. N-acc: share of them answered \"no "
+            "target\" (an empty mask); T-acc: share of the others answered with a mask.")
 
 
 def concept_table(samples: list[dict[str, Any]]) -> str:

@@ -30,6 +30,7 @@ from PIL import Image
 
 from framework.core.config import PredictSchema, check_predict
 from framework.core.errors import ConfigError, DataError, UserError
+from framework.core.target import decide
 from framework.core.weights import load_checkpoint_model
 from framework.data.geo import GeoReference, is_tiff, read_geotiff
 from framework.data.images import Raster, raster_to_rgb, read_image
@@ -57,7 +58,10 @@ class LoadedImage:
 class Prediction:
     """One answer. ``mask`` bool [H,W] and ``probability`` float32 [H,W] at the image's native size; ``score``:
     mean probability over the mask (the reference's mask score; 0 for an empty mask); ``area_m2`` when the image
-    is georeferenced in a metric CRS; ``answer``: generated text (None: the LLM generates none)."""
+    is georeferenced in a metric CRS; ``answer``: generated text (None: the LLM generates none). ``no_target``: the
+    answer is "nothing here" (its mask is empty: decided so by the model's target decision, or simply empty);
+    ``target_score``: the target decision's probability that there is a target (the largest over the tiles of a
+    tiled scene; None: the model has no target decision)."""
 
     question: str
     mask: np.ndarray
@@ -68,6 +72,11 @@ class Prediction:
     answer: str | None
     image: LoadedImage = field(repr=False)
     tiles: int = 1
+    target_score: float | None = None
+
+    @property
+    def no_target(self) -> bool:
+        return self.area_px == 0
 
     def record(self) -> dict[str, Any]:
         """The JSON-serialisable summary (no arrays)."""
@@ -79,6 +88,8 @@ class Prediction:
             "area_px": self.area_px,
             "area_m2": None if self.area_m2 is None else round(self.area_m2, 3),
             "answer": self.answer,
+            "no_target": self.no_target,
+            "target_score": None if self.target_score is None else round(self.target_score, 6),
             "height": height,
             "width": width,
             "tiles": self.tiles,
@@ -111,6 +122,7 @@ class Predictor:
         self.bands = config["data"].get("bands")
         self.scale = config["data"].get("scale", "auto")
         self.threshold = config["eval"]["threshold"]
+        self.target_threshold = config["eval"]["target_threshold"]
         self.options = predict_options(config, **options)
         model.check_image_size(self.image_size)
 
@@ -218,7 +230,8 @@ class Predictor:
 
         batch_tiles = self.options["tile_batch"]
         pending: list[tuple[int, int]] = []  # (group, tile index) waiting for the next encoder batch
-        state: dict[int, tuple[LoadedImage, list[TileBlender], int]] = {}  # group -> (image, blenders, tiles left)
+        # group -> (image, blenders, tiles left, each question's target score so far)
+        state: dict[int, tuple[LoadedImage, list[TileBlender], int, list[float | None]]] = {}
         bar = tqdm(desc="tiles", unit="tile", disable=None if progress is None else not progress, leave=False)
         with torch.inference_mode(), bar:
             for g, (source, asked) in enumerate(groups):
@@ -229,7 +242,7 @@ class Predictor:
                 blenders = [TileBlender(height, width, tile, overlap) for _ in asked]
                 n_tiles = len(blenders[0].tiles)
                 bar.total = (bar.total or 0) + n_tiles
-                state[g] = (image, blenders, n_tiles)
+                state[g] = (image, blenders, n_tiles, [None] * len(asked))
                 for t in range(n_tiles):
                     pending.append((g, t))
                     if len(pending) == batch_tiles:
@@ -242,7 +255,7 @@ class Predictor:
         """Encode one batch of tiles, ask every question of their images, blend; yield finished images."""
         frames, boxes, sizes = [], [], []
         for g, t in pending:
-            image, blenders, _ = state[g]
+            image, blenders, _, _ = state[g]
             tile = blenders[0].tiles[t]
             crop = image.pixels[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width]
             frame, box = letterbox_image(Image.fromarray(crop), self.image_size)
@@ -260,25 +273,32 @@ class Predictor:
                 asked, valid = questions_in_view([groups[pending[row][0]][1][q][1] for row, q in chunk], view)
                 mean.add(self.model.answer(seen, asked, rows).mask_logits, view, valid)
         for chunk, mean in zip(chunks, means, strict=True):
+            # a tile decided "no target" adds nothing to its scene's mask
+            decided, probability = decide(self.model.target_decision, mean.result(), self.target_threshold)
             logits = resample_to_original(
-                mean.result(), [boxes[row] for row, _ in chunk], [sizes[row] for row, _ in chunk], self.image_size
+                decided, [boxes[row] for row, _ in chunk], [sizes[row] for row, _ in chunk], self.image_size
             )
-            for (row, q), tile_logits in zip(chunk, logits, strict=True):
+            for n, ((row, q), tile_logits) in enumerate(zip(chunk, logits, strict=True)):
                 g, t = pending[row]
                 state[g][1][q].add(t, tile_logits.float().cpu().numpy())
+                if probability is not None:
+                    scores = state[g][3]
+                    scores[q] = max(scores[q] or 0.0, float(probability[n]))
         bar.update(len(pending))
         for g, n_done in Counter(g for g, _ in pending).items():
-            image, blenders, left = state[g]
+            image, blenders, left, scores = state[g]
             left -= n_done
-            state[g] = (image, blenders, left)
+            state[g] = (image, blenders, left, scores)
             if left == 0:
                 del state[g]
                 yield [
-                    (index, self._prediction(image, question, blender))
-                    for (index, question), blender in zip(groups[g][1], blenders, strict=True)
+                    (index, self._prediction(image, question, blender, score))
+                    for (index, question), blender, score in zip(groups[g][1], blenders, scores, strict=True)
                 ]
 
-    def _prediction(self, image: LoadedImage, question: str, blender: TileBlender) -> Prediction:
+    def _prediction(
+        self, image: LoadedImage, question: str, blender: TileBlender, target_score: float | None
+    ) -> Prediction:
         logits = blender.result()
         mask = logits > self.threshold
         probability = torch.from_numpy(logits).sigmoid_().numpy()  # in place: no second scene-sized array
@@ -294,6 +314,7 @@ class Predictor:
             answer=None,
             image=image,
             tiles=len(blender.tiles),
+            target_score=target_score,
         )
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from framework.core.model import ModelOutput, SegEarthModel, upsample_logits
+from framework.core.target import decide, target_loss
 from framework.core.weights import FROZEN_KEY, MODEL_PREFIX, restore_frozen, slim_state
 from framework.data.transforms import box_mask
 from framework.eval.image_blind import image_blind_see
@@ -79,6 +80,9 @@ class SegEarthTask(L.LightningModule):
         if lc["competition_weight"]:
             terms["competition"] = competition_loss(out.mask_logits, targets, out.image_index)
             loss = loss + lc["competition_weight"] * terms["competition"]
+        if self.model.target_decision is not None:  # it learns to read the masks, not to reshape them
+            terms["target"] = target_loss(self.model.target_decision(out.mask_logits.detach()), targets)
+            loss = loss + lc["target_weight"] * terms["target"]
         for name, term in out.terms.items():  # the read-out's own terms, e.g. concept_query
             terms[name] = term
             loss = loss + lc[f"{name}_weight"] * term
@@ -132,7 +136,12 @@ class SegEarthTask(L.LightningModule):
         )
         size = tuple(batch["image"].shape[-2:])
         threshold = self.config["eval"]["threshold"]
-        pred = upsample_logits(out.mask_logits, size) > threshold
+        # the answers decided "no target" are empty; ``out`` keeps the model's logits (the validation loss)
+        ec = self.config["eval"]
+        logits, probability = decide(self.model.target_decision, out.mask_logits, ec["target_threshold"])
+        if probability is not None:
+            out.notes["target_probability"] = [round(p, 4) for p in probability.tolist()]
+        pred = upsample_logits(logits, size) > threshold
         self.metrics[stage].update(pred, batch["mask"], batch["id"], box_mask(batch["box"], size[0]))
         ids = batch["id"].tolist()
         wanted = self._overlay_ids if stage == "val" or self.test_prefix == "test" else range(0)
@@ -140,9 +149,7 @@ class SegEarthTask(L.LightningModule):
         if not rows:
             return out
         targets = [batch["native_mask"][k] for k in rows]
-        preds = unletterbox(
-            out.mask_logits[rows], batch["box"][rows], [tuple(t.shape) for t in targets], size[0], threshold
-        )
+        preds = unletterbox(logits[rows], batch["box"][rows], [tuple(t.shape) for t in targets], size[0], threshold)
         for k, p, t in zip(rows, preds, targets, strict=True):
             if self._native:
                 self.metrics[f"{stage}_native"].update(p[None], t[None].to(p.device), batch["id"][k : k + 1])
@@ -209,7 +216,8 @@ class SegEarthTask(L.LightningModule):
                 "concept": batch["concept"][i],
                 "question": batch["question"][i],
             }
-            # the read-out's notes on each question (concept_choice: the concept that answered, in the first view)
+            # notes on each question: the read-out's (concept_choice: the concept that answered, in the first view)
+            # and the target decision's probability
             row.update({name: values[i] for name, values in out.notes.items()})
             self._rows.append(row)
 
@@ -237,9 +245,11 @@ class SegEarthTask(L.LightningModule):
             params = [p for p in module.parameters() if p.requires_grad]
             if params:
                 groups.append({"params": params, "lr": oc["lr"] * oc["slot_lr_scale"].get(slot, 1.0), "name": slot})
-        readout = [p for p in self.model.readout.parameters() if p.requires_grad]
-        if readout:
-            groups.append({"params": readout, "lr": oc["lr"], "name": "readout"})
+        for name in ("readout", "target_decision"):
+            module = getattr(self.model, name)
+            params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+            if params:
+                groups.append({"params": params, "lr": oc["lr"], "name": name})
         optimizer = torch.optim.AdamW(groups, lr=oc["lr"], betas=tuple(oc["betas"]), weight_decay=oc["weight_decay"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(oc["warmup_ratio"] * total)

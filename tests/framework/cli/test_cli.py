@@ -129,12 +129,13 @@ def test_validate_reports_both_frames(tmp_path, synth_root, capsys):
     assert main(["validate", str(path), "--out", str(tmp_path / "out")]) == 0
     results = json.loads((tmp_path / "out" / "results_validate.json").read_text())["val"]
     assert results["n"] == results["native/n"] == len(list((synth_root / "val" / "QAs").iterdir()))
-    for key in ("giou", "ciou", "pr_0.5", "floor_empty_giou", "floor_full_giou", "empty_accuracy", "n_empty"):
+    for key in ("giou", "ciou", "pr_0.5", "floor_empty_giou", "floor_full_giou", "n_acc", "t_acc", "n_empty"):
         assert key in results and f"native/{key}" in results
     table = (tmp_path / "out" / "results_validate.md").read_text()
     assert table.strip() in capsys.readouterr().out  # printed as written
     header = next(line for line in table.splitlines() if line.startswith("| tiny · val split"))
-    assert header.endswith("| gIoU | cIoU | Pr@0.5 | native gIoU | native cIoU | native Pr@0.5 |")
+    assert header.endswith("| gIoU | cIoU | Pr@0.5 | N-acc | T-acc | native gIoU | native cIoU | native Pr@0.5 | "
+                           "native N-acc | native T-acc |")
     assert "| floor: always predict the whole image |" in table and "Empty-target samples:" in table
     assert not (tmp_path / "out" / "overlays").exists() and not (tmp_path / "runs").exists()
 

@@ -56,7 +56,9 @@ def test_hand_computed_cases():
     assert r["giou"] == pytest.approx((1 + 0 + 0.5 + 0.25) / 4)
     assert r["ciou"] == pytest.approx((0 + 0 + 1 + 1) / (0 + 1 + 2 + 4))
     assert r["pr_0.5"] == pytest.approx(0.25)  # strict >: 0.5 does not count
-    assert r["n_empty"] == 2 and r["empty_accuracy"] == pytest.approx(0.5)
+    # N-acc: empty targets answered empty (sample 0 of 0, 1); T-acc: the others answered with a mask (2 and 3)
+    assert r["n_empty"] == 2 and r["n_acc"] == pytest.approx(0.5) and r["t_acc"] == 1.0
+    assert (r["floor_empty_n_acc"], r["floor_empty_t_acc"], r["floor_full_n_acc"], r["floor_full_t_acc"]) == (1, 0, 0, 1)
     # floors: always-empty gets the two empty targets right; whole image gets |G|/4
     assert r["floor_empty_giou"] == pytest.approx(0.5) and r["floor_empty_ciou"] == 0
     assert r["floor_full_giou"] == pytest.approx((0 + 0 + 0.5 + 0.25) / 4)
