@@ -131,7 +131,8 @@ def mask_polygons(mask: np.ndarray, geo: GeoReference) -> list[tuple[dict, float
 def mask_geojson(mask: np.ndarray, geo: GeoReference, properties: dict[str, Any]) -> dict:
     """A GeoJSON FeatureCollection: one polygon feature per connected region of ``mask`` with ``properties``
     plus the region's ``area_px`` (and ``area_m2`` in a metric CRS). Coordinates are in the input's CRS, named
-    in a ``crs`` member when it has an EPSG code (read by GDAL/QGIS; RFC 7946 readers assume WGS 84)."""
+    in a ``crs`` member when it has an EPSG code (read by GDAL/QGIS; RFC 7946 readers assume WGS 84). An empty
+    mask is one feature without geometry (RFC 7946's unlocated feature) whose properties say ``no_target``."""
     pixel_m2 = geo.pixel_area_m2
     features = []
     for geometry, area_px in mask_polygons(mask, geo):
@@ -139,6 +140,9 @@ def mask_geojson(mask: np.ndarray, geo: GeoReference, properties: dict[str, Any]
         if pixel_m2 is not None:
             region["area_m2"] = round(area_px * pixel_m2, 3)
         features.append({"type": "Feature", "geometry": geometry, "properties": {**properties, **region}})
+    if not features:
+        features.append({"type": "Feature", "geometry": None, "properties": {**properties, "no_target": True,
+                                                                             "area_px": 0}})
     collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     epsg = geo.crs.to_epsg() if geo.crs is not None else None
     if epsg is not None:

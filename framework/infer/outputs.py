@@ -98,8 +98,12 @@ def _overlay(prediction) -> Image.Image:
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
         pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-    caption = f"{prediction.question}  (score {prediction.score:.2f}, {prediction.area_px} px"
-    caption += f", {prediction.area_m2:,.0f} m2)" if prediction.area_m2 is not None else ")"
+    if prediction.no_target:
+        decided = "" if prediction.target_score is None else f", target score {prediction.target_score:.2f}"
+        caption = f"{prediction.question}  (no target{decided})"
+    else:
+        caption = f"{prediction.question}  (score {prediction.score:.2f}, {prediction.area_px} px"
+        caption += f", {prediction.area_m2:,.0f} m2)" if prediction.area_m2 is not None else ")"
     return render_overlay(pixels, None, mask, caption)
 
 
@@ -115,6 +119,8 @@ def write_sample(prediction, index: int, folder: Path) -> dict:
         row["geojson"] = f"{stem}.geojson"
         write_mask_geotiff(folder / row["mask_geotiff"], prediction.mask, geo)
         properties = {"question": prediction.question, "score": round(prediction.score, 6)}
+        if prediction.target_score is not None:
+            properties["target_score"] = round(prediction.target_score, 6)
         write_json(folder / row["geojson"], mask_geojson(prediction.mask, geo, properties))
     return row
 

@@ -83,6 +83,14 @@ def test_geojson_polygons_lie_on_the_pixels_in_the_input_crs(tmp_path):
     assert polygon.area == pytest.approx(200 * 0.25)
 
 
+def test_an_empty_mask_is_one_unlocated_no_target_feature(tmp_path):
+    collection = mask_geojson(np.zeros((32, 64), bool), GeoReference(TRANSFORM, UTM), {"question": "q?", "score": 0})
+    write_json(tmp_path / "m.geojson", collection)
+    (feature,) = json.loads((tmp_path / "m.geojson").read_text())["features"]
+    assert feature == {"type": "Feature", "geometry": None,
+                       "properties": {"question": "q?", "score": 0, "no_target": True, "area_px": 0}}
+
+
 def test_without_crs_nothing_claims_one(tmp_path):
     geo = GeoReference(TRANSFORM, None)
     assert geo.pixel_area_m2 is None and geo.describe() == "no CRS"
