@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from framework.cli import components, convert, data, evaluate, export, fit, predict, runs, sweep
+from framework.cli import components, convert, data, evaluate, export, fit, predict, runs, serve, sweep
 from framework.core.errors import UserError
 
 # No run-time hub access on the machines this targets; albumentations must not query the package index.
@@ -22,7 +22,7 @@ for _key, _value in {
 }.items():
     os.environ.setdefault(_key, _value)
 
-COMMANDS = (fit, evaluate, data, components, runs, convert, predict, export, sweep)
+COMMANDS = (fit, evaluate, data, components, runs, convert, predict, serve, export, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:

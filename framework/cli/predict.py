@@ -6,19 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from framework.cli.common import add_model_arguments, load_model_of
+
 
 def run(args: argparse.Namespace) -> None:
     # imported here, not at the top: ``segearth --help`` must not pay for torch
     from framework.infer.outputs import check_output_folder, read_pairs, write_predictions
-    from framework.infer.predictor import load_model
 
     out = Path(args.out)
     check_output_folder(out)
     pairs = read_pairs(args.image, args.question, args.input, args.questions)
-    predictor = load_model(
-        args.model, device=args.device, tracking_uri=args.uri, batch_size=args.batch_size, tiling=args.tiling,
-        tile_size=args.tile_size, overlap=args.overlap, tile_batch=args.tile_batch, tta=args.tta,
-    )
+    predictor = load_model_of(args)
     rows = write_predictions(predictor, pairs, out, progress=sys.stderr.isatty() and not args.no_progress)
     for row in rows:
         where = f", {row['area_m2']:,.0f} m²" if row["area_m2"] is not None else ""
@@ -34,20 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "GeoTIFFs also a mask GeoTIFF and GeoJSON polygons in the input's CRS, and one predictions.jsonl. Large "
         "scenes are predicted in overlapping tiles whose logits are blended.",
     )
-    p.add_argument("--model", required=True, help="bundle folder, models:/NAME@ALIAS, run folder or .ckpt file")
+    add_model_arguments(p)
     p.add_argument("--image", help="one image (GeoTIFF, PNG, JPEG, ...)")
     p.add_argument("--question", action="append", help="question to ask of --image (repeatable)")
     p.add_argument("--input", help="manifest (.csv/.jsonl with image, question) or a folder of images")
     p.add_argument("--questions", help="with a folder --input: text file, one question per line")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tiling", choices=("auto", "always", "never"), help="default: the model config's predict.tiling")
-    p.add_argument("--tile-size", type=int, help="tile side in native pixels (default: predict.tile_size)")
-    p.add_argument("--overlap", type=float, help="fraction of a tile shared with its neighbours (default 0.25)")
-    p.add_argument("--tile-batch", type=int, help="tiles encoded at once (bounds memory)")
-    p.add_argument("--tta", choices=("none", "flips", "dihedral"), help="test-time augmentation: mean logits of 4 or 8 "
-                   "flipped/turned views (default: predict.tta)")
-    p.add_argument("--batch-size", type=int, default=8, help="(tile, question) pairs per forward pass")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--uri", help="tracking URI for models:/ (default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -116,14 +116,18 @@ def write_mask_geotiff(path: Path, mask: np.ndarray, geo: GeoReference) -> Path:
 
 
 def mask_polygons(mask: np.ndarray, geo: GeoReference) -> list[tuple[dict, float]]:
-    """The mask's connected regions (8-connected) as (GeoJSON polygon in CRS coordinates, area in pixels)."""
+    """The mask's connected regions (8-connected) as (valid GeoJSON polygon or multipolygon in CRS coordinates, area
+    in pixels). A region whose pixels touch only at a corner comes out of the tracing as a ring that touches itself,
+    which GIS tools reject: it is split at that corner (``make_valid``; the area is unchanged)."""
     from rasterio.features import shapes
+    from shapely import make_valid
     from shapely.geometry import mapping, shape
 
     pixel_area = abs(geo.transform.determinant)
     regions = []
     for geometry, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=8, transform=geo.transform):
         polygon = shape(geometry)
+        polygon = polygon if polygon.is_valid else make_valid(polygon)
         regions.append((mapping(polygon), float(polygon.area / pixel_area)))
     return regions
 

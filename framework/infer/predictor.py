@@ -210,6 +210,13 @@ class Predictor:
                 yield done.pop(next_index)
                 next_index += 1
 
+    def tile_layout(self, image: LoadedImage) -> tuple[int, int]:
+        """(tile side, overlap) in native pixels that ``image`` is cut with: an overlap only when it is larger than
+        one tile."""
+        height, width = image.pixels.shape[:2]
+        tile = self._tile_size(image)
+        return tile, round(self.options["overlap"] * tile) if tile < max(height, width) else 0
+
     def _tile_size(self, image: LoadedImage) -> int:
         height, width = image.pixels.shape[:2]
         tile = self.options["tile_size"] or self.image_size
@@ -237,8 +244,7 @@ class Predictor:
             for g, (source, asked) in enumerate(groups):
                 image = self.load_image(source)
                 height, width = image.pixels.shape[:2]
-                tile = self._tile_size(image)
-                overlap = round(self.options["overlap"] * tile) if tile < max(height, width) else 0
+                tile, overlap = self.tile_layout(image)
                 blenders = [TileBlender(height, width, tile, overlap) for _ in asked]
                 n_tiles = len(blenders[0].tiles)
                 bar.total = (bar.total or 0) + n_tiles

@@ -10,7 +10,15 @@ from rasterio.transform import from_origin
 from shapely.geometry import shape
 
 from framework.core.errors import DataError
-from framework.data.geo import GeoReference, atomic_output, mask_geojson, read_geotiff, write_json, write_mask_geotiff
+from framework.data.geo import (
+    GeoReference,
+    atomic_output,
+    mask_geojson,
+    mask_polygons,
+    read_geotiff,
+    write_json,
+    write_mask_geotiff,
+)
 
 UTM = CRS.from_epsg(32640)  # WGS 84 / UTM 40N (Dubai)
 TRANSFORM = from_origin(300000.0, 2780000.0, 0.5, 0.5)  # 0.5 m pixels, north up
@@ -81,6 +89,15 @@ def test_geojson_polygons_lie_on_the_pixels_in_the_input_crs(tmp_path):
     east, south = TRANSFORM @ (40, 20)
     assert polygon.bounds == pytest.approx((west, south, east, north))
     assert polygon.area == pytest.approx(200 * 0.25)
+
+
+def test_pixels_that_touch_at_a_corner_give_a_valid_geometry_of_the_same_area():
+    mask = np.zeros((8, 8), bool)
+    mask[1:4, 1:4] = mask[4:7, 4:7] = True  # two squares, one corner shared: one 8-connected region
+    mask[2, 2] = False  # and a hole
+    ((geometry, area_px),) = mask_polygons(mask, GeoReference(TRANSFORM, UTM))
+    polygon = shape(geometry)
+    assert polygon.is_valid and area_px == mask.sum() and polygon.area == pytest.approx(mask.sum() * 0.25)
 
 
 def test_an_empty_mask_is_one_unlocated_no_target_feature(tmp_path):
