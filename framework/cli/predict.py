@@ -20,7 +20,8 @@ def run(args: argparse.Namespace) -> None:
     rows = write_predictions(predictor, pairs, out, progress=sys.stderr.isatty() and not args.no_progress)
     for row in rows:
         where = f", {row['area_m2']:,.0f} m²" if row["area_m2"] is not None else ""
-        print(f"{row['image']}: {row['question']!r} -> {row['area_px']} px{where}, score {row['score']:.2f}")
+        answer = "no target" if row["no_target"] else f"{row['area_px']} px{where}, score {row['score']:.2f}"
+        print(f"{row['image']}: {row['question']!r} -> {answer}")
     print(f"wrote {len(rows)} prediction(s) to {out} (predictions.jsonl)")
 
 
