@@ -13,6 +13,11 @@ a trial whose controller died (killed, machine lost) goes stale after ``faults.g
 re-queued with the same parameters (``RetryHeartbeatStaleTrialCallback``) by the next controller that looks. The
 budget counts trials that end COMPLETE or PRUNED, so a killed or crashed trial never uses it up and none is
 counted twice; a trial whose job fails (e.g. out of memory) is FAILED with its error as user attribute ``error``.
+
+A database that restarts under the sweep is waited out (``retry_storage``, up to ``faults.storage_retry_s``) by
+the controllers, their heartbeats and the jobs alike, so running trials go on; for one grace period after such an
+outage a controller fails no trial as stale, since every heartbeat is old then and the trials' owners need a
+moment to record a new one.
 """
 
 from __future__ import annotations
@@ -34,22 +39,34 @@ from framework.core.config import load_config, save_config
 from framework.core.errors import ConfigError, UserError
 from framework.sweep.report import child_tags, parent_run, sync_child_runs, write_report
 from framework.sweep.spec import SweepSpec, apply_params, load_sweep, make_pruner, make_sampler, sample
-from framework.sweep.storage import COUNTED, DEFAULT_STORAGE, PRUNED_ATTR, open_rdb, redact, study_lock, sweep_dir
+from framework.sweep.storage import (
+    COUNTED,
+    DEFAULT_STORAGE,
+    PRUNED_ATTR,
+    open_rdb,
+    redact,
+    retry_storage,
+    study_lock,
+    sweep_dir,
+    unreachable_within,
+    unusable,
+)
 
 TRIAL_FILE = "trial.json"  # in the trial's folder: what its job needs (``segearth fit --sweep-trial``)
 
 
 class Heartbeat:
-    """Records the trial's heartbeat every ``interval`` seconds in a thread while the job runs."""
+    """Records the trial's heartbeat every ``interval`` seconds in a thread while the job runs; a lost database is
+    waited out for ``retry_s`` (after that the thread ends, and the trial goes stale as if its worker were lost)."""
 
-    def __init__(self, storage, trial_id: int, interval: int) -> None:
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+    def __init__(self, storage, trial_id: int, interval: int, retry_s: float) -> None:
+        self.storage, self.trial_id, self.interval, self.retry_s = storage, trial_id, interval, retry_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
         while not self.stop.wait(self.interval):
-            self.storage.record_heartbeat(self.trial_id)
+            retry_storage(lambda: self.storage.record_heartbeat(self.trial_id), self.retry_s)
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()
@@ -85,11 +102,33 @@ class Controller:
     def lock(self):
         return study_lock(self.url, self.spec.study, self.dir)
 
+    def _retry(self, call):
+        """``call()`` (storage calls that are safe to repeat), waiting out a lost database connection."""
+        return retry_storage(call, self.spec.storage_retry_s)
+
+    def _set_attrs(self, trial, **attrs: Any) -> None:
+        """Set user attributes of ``trial``; a lost connection repeats them all (setting one twice is harmless)."""
+
+        def set_all() -> None:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+
+        self._retry(set_all)
+
     def open(self):
         """Create or load the study; the first controller enqueues the fixed trials and opens the MLflow parent."""
-        import optuna
+        import sqlalchemy
 
         self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._create_or_load()
+        except sqlalchemy.exc.OperationalError as exc:  # no server at the start is a wrong URL more often than not
+            raise unusable(self.url, exc) from None
+        return self.study
+
+    def _create_or_load(self) -> None:
+        import optuna
+
         with self.lock():
             self.storage = open_rdb(self.url, self.spec)
             with warnings.catch_warnings():
@@ -112,17 +151,23 @@ class Controller:
                 self.study.set_user_attr("segearth.sweep", str(self.spec.path))
                 self.study.set_user_attr("metric", self.spec.metric)
             parent_run(self.spec, self.study, self.url)
-        return self.study
 
     def _next_trial(self, deadline: float | None):
-        """A trial to run now (a waiting one first), None to wait for other workers' trials, or False when done."""
+        """A trial to run now (a waiting one first), None to wait for other workers' trials, or False when done.
+
+        A connection lost on the way (the lock's or the storage's) repeats the whole bookkeeping under a new lock:
+        counts made under a lock that is gone may be stale."""
+        return self._retry(lambda: self._count_and_ask(deadline))
+
+    def _count_and_ask(self, deadline: float | None):
         import optuna
         from optuna.trial import TrialState
 
-        with self.lock():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
+        with self.lock() as still_locked:
+            if not unreachable_within(self.spec.grace_s):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(self.study)
             trials = self.study.get_trials(deepcopy=False)
             counted = sum(t.state.name in COUNTED for t in trials)
             running = sum(t.state == TrialState.RUNNING for t in trials)
@@ -131,11 +176,13 @@ class Controller:
             if counted + running >= self.spec.n_trials:
                 return None  # the rest of the budget is running elsewhere: wait, it may fail and be re-queued
             self.study.sampler = make_sampler(self.spec.sampler, len(trials))
+            still_locked()
             with warnings.catch_warnings():
                 # heartbeats are ours (``Heartbeat``), not Study.optimize's
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
                 trial = self.study.ask()
-            self.storage.record_heartbeat(trial._trial_id)  # before the lock opens: never RUNNING without one
+            # before the lock opens: never RUNNING without one; the trial exists now, so only this is repeated
+            self._retry(lambda: self.storage.record_heartbeat(trial._trial_id))
             return trial
 
     def run(self) -> None:
@@ -162,16 +209,18 @@ class Controller:
         from optuna.trial import TrialState
 
         started = time.time()
-        with Heartbeat(self.storage, trial._trial_id, self.spec.heartbeat_s):
+        with Heartbeat(self.storage, trial._trial_id, self.spec.heartbeat_s, self.spec.storage_retry_s):
             try:
                 params, state, value, log_path = self._execute(trial)
             except BaseException as exc:
-                trial.set_user_attr("error", "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else repr(exc))
-                self.study.tell(trial, state=TrialState.FAIL)
+                interrupted = isinstance(exc, KeyboardInterrupt)
+                self._set_attrs(trial, error="interrupted (Ctrl-C)" if interrupted else repr(exc))
+                self._retry(lambda: self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True))
                 raise
-            trial.set_user_attr("wall_s", round(time.time() - started, 1))
-            frozen = self.study.tell(trial, value, state=state)
-        sync_child_runs(self.spec, self.study)
+            self._set_attrs(trial, wall_s=round(time.time() - started, 1))
+            # a tell repeated after its reply was lost finds the trial finished by the first one: skip_if_finished
+            frozen = self._retry(lambda: self.study.tell(trial, value, state=state, skip_if_finished=True))
+        self._retry(lambda: sync_child_runs(self.spec, self.study))
         shown = "" if frozen.value is None else f" {self.spec.metric}={frozen.value:.4f}"
         error = f" ({frozen.user_attrs.get('error')})" if frozen.state == TrialState.FAIL else ""
         print(f"[{self.spec.study}] trial {trial.number} {frozen.state.name}{shown}{error} {params} "
@@ -181,31 +230,31 @@ class Controller:
         """Sample, write the config, run the job, read its outcome: (params, TrialState, value, log path)."""
         from optuna.trial import TrialState
 
-        params = sample(trial, self.spec.space)
+        # a repeat after a lost connection keeps the values the trial was given and draws only the missing ones
+        params = self._retry(lambda: sample(trial, self.spec.space))
         trial_dir = self.dir / f"trial-{trial.number:04d}"
         config_path = save_config(self._trial_config(trial, params), trial_dir / "config.yaml")
         log_path = trial_dir / "fit.log"
         # a re-queued trial inherits the user attributes of the one it retries: reset what this run sets
-        for key, value in {PRUNED_ATTR: None, "error": None, "exit_code": None, "worker": self.worker,
-                           "trial_dir": f"{socket.gethostname()}:{trial_dir.resolve()}",
-                           "config": config_path.read_text()}.items():
-            trial.set_user_attr(key, value)
+        self._set_attrs(trial, **{PRUNED_ATTR: None, "error": None, "exit_code": None, "worker": self.worker,
+                                  "trial_dir": f"{socket.gethostname()}:{trial_dir.resolve()}",
+                                  "config": config_path.read_text()})
         try:
             load_config(config_path)
         except ConfigError as exc:
-            trial.set_user_attr("error", f"segearth: error: {exc}")
+            self._set_attrs(trial, error=f"segearth: error: {exc}")
             return params, TrialState.FAIL, None, config_path
         returncode = self._fit(trial, config_path, log_path, params)
         if returncode != 0:
-            trial.set_user_attr("error", _error_line(log_path, returncode))
-            trial.set_user_attr("exit_code", returncode)
+            self._set_attrs(trial, error=_error_line(log_path, returncode), exit_code=returncode)
             return params, TrialState.FAIL, None, log_path
         fit_json = next(iter(sorted(trial_dir.glob("*/fit.json"))), None)
         value = json.loads(fit_json.read_text())["val"].get(self.spec.fit_key) if fit_json else None
         if value is None:
-            trial.set_user_attr("error", f"the job wrote no validation metric '{self.spec.fit_key}' (fit.json)")
+            self._set_attrs(trial, error=f"the job wrote no validation metric '{self.spec.fit_key}' (fit.json)")
             return params, TrialState.FAIL, None, log_path
-        fresh = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
+        trials = self._retry(lambda: self.study.get_trials(deepcopy=False))
+        fresh = next(t for t in trials if t.number == trial.number)
         if fresh.user_attrs.get(PRUNED_ATTR) is not None:
             return params, TrialState.PRUNED, None, log_path  # Optuna takes the last reported value
         return params, TrialState.COMPLETE, float(value), log_path
@@ -223,7 +272,8 @@ class Controller:
             "pruner": self.spec.pruner,
             "monitor": self.spec.metric,
             "controller_pid": os.getpid(),
-            "tags": child_tags(self.study, trial, params),
+            "storage_retry_s": self.spec.storage_retry_s,
+            "tags": self._retry(lambda: child_tags(self.study, trial, params)),
         }, indent=2))
         with open(log_path, "w") as log:
             process = subprocess.Popen(
@@ -294,7 +344,8 @@ def run_sweep(
     if report:
         write_report(spec, study, storage)
     if trials:
-        counted = sum(t.state.name in COUNTED for t in study.get_trials(deepcopy=False))
+        finished = retry_storage(lambda: study.get_trials(deepcopy=False), spec.storage_retry_s)
+        counted = sum(t.state.name in COUNTED for t in finished)
         if counted < spec.n_trials and spec.timeout_s is None:
             raise UserError(
                 f"study '{spec.study}' has {counted} of {spec.n_trials} trials finished; "

@@ -98,6 +98,7 @@ class SweepSpec:
     heartbeat_s: int
     grace_s: int
     max_retry: int
+    storage_retry_s: float  # how long controllers and jobs wait out an unreachable database before they give up
     space: list[Param]
     enqueue: list[dict[str, Any]]
     slice_params: list[str]
@@ -311,12 +312,13 @@ def load_sweep(path: str | Path) -> SweepSpec:
     make_sampler(sampler, 0), make_pruner(pruner)  # options are checked by constructing them once
 
     faults = _mapping(raw.get("faults"), "faults")
-    _only(faults, ("heartbeat_s", "grace_s", "max_retry"), "faults")
+    _only(faults, ("heartbeat_s", "grace_s", "max_retry", "storage_retry_s"), "faults")
     heartbeat_s = _number(faults.get("heartbeat_s", 10), "faults.heartbeat_s", integer=True, positive=True)
     grace_s = _number(faults.get("grace_s", 6 * heartbeat_s), "faults.grace_s", integer=True, positive=True)
     if grace_s <= heartbeat_s:
         raise ConfigError(f"faults.grace_s ({grace_s}) must exceed faults.heartbeat_s ({heartbeat_s})")
     max_retry = _number(faults.get("max_retry", 2), "faults.max_retry", integer=True)
+    storage_retry_s = _number(faults.get("storage_retry_s", 120), "faults.storage_retry_s", positive=True)
 
     space_raw = _mapping(raw.get("space"), "space")
     if not space_raw:
@@ -361,6 +363,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         heartbeat_s=heartbeat_s,
         grace_s=grace_s,
         max_retry=max_retry,
+        storage_retry_s=storage_retry_s,
         space=space,
         enqueue=enqueue,
         slice_params=list(slice_params),

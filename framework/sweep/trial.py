@@ -6,6 +6,10 @@ tags of the job's run); the command hands ``pruning_callbacks`` to ``fit``. The 
 metric to that trial after every validation through optuna-integration's ``PyTorchLightningPruningCallback``; when
 the pruner says stop, the job stops training cleanly (run folder, ``fit.json`` and MLflow run complete) and marks the trial, so the controller
 tells Optuna PRUNED rather than FAILED.
+
+A job's storage calls (report a value, ask the pruner, set an attribute, read trials) are all safe to repeat, so
+each waits out a lost database for ``storage_retry_s`` of the trial file (``retry_storage``) instead of failing
+the trial.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import optuna
 from optuna_integration import PyTorchLightningPruningCallback
 
 from framework.sweep.spec import make_pruner
-from framework.sweep.storage import PRUNED_ATTR, open_rdb
+from framework.sweep.storage import PRUNED_ATTR, open_rdb, retry_storage
 
 
 class SweepPruning(PyTorchLightningPruningCallback):
@@ -32,26 +36,41 @@ class SweepPruning(PyTorchLightningPruningCallback):
     and the MLflow run FAILED, and make a prune indistinguishable from a crash by exit status. Under DDP the base
     class already stops every rank through ``trainer.should_stop`` (rank 0 decides and broadcasts). The last
     epoch's validation is only reported: a job that trained its whole budget ends COMPLETE.
+
+    Storage calls wait out a lost database for ``retry_s``. Under DDP a connection lost in the base class's
+    report still fails the job: the base class broadcasts its decision between storage calls, and a repeat would
+    broadcast twice.
     """
 
+    def __init__(self, trial: optuna.trial.Trial, monitor: str, retry_s: float) -> None:
+        super().__init__(trial, monitor=monitor)
+        self.retry_s = retry_s
+
+    def _retry(self, call):
+        return retry_storage(call, self.retry_s)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last = (trainer.max_epochs or 0) > 0 and pl_module.current_epoch >= trainer.max_epochs - 1
+        epoch = pl_module.current_epoch
+        last = (trainer.max_epochs or 0) > 0 and epoch >= trainer.max_epochs - 1
         if last and not trainer.sanity_checking:
             # the job has trained its whole budget: pruning would save nothing, so the trial completes
             score = trainer.callback_metrics.get(self.monitor)
             if score is not None and trainer.is_global_zero:
-                self._trial.report(score.item(), step=pl_module.current_epoch)
+                self._retry(lambda: self._trial.report(score.item(), step=epoch))
             return
         try:
-            super().on_validation_end(trainer, pl_module)
+            if self.is_ddp_backend:
+                super().on_validation_end(trainer, pl_module)
+            else:  # report and ask the pruner, raising TrialPruned
+                self._retry(lambda: super(SweepPruning, self).on_validation_end(trainer, pl_module))
         except optuna.TrialPruned:
             trainer.should_stop = True
-            self._trial.set_user_attr(PRUNED_ATTR, pl_module.current_epoch)
-            print(f"sweep: trial {self._trial.number} pruned after epoch {pl_module.current_epoch}", flush=True)
+            self._retry(lambda: self._trial.set_user_attr(PRUNED_ATTR, epoch))
+            print(f"sweep: trial {self._trial.number} pruned after epoch {epoch}", flush=True)
             return
         if self.is_ddp_backend and trainer.should_stop and trainer.is_global_zero and not trainer.sanity_checking:
-            if self._trial.should_prune():
-                self._trial.set_user_attr(PRUNED_ATTR, pl_module.current_epoch)
+            if self._retry(self._trial.should_prune):
+                self._retry(lambda: self._trial.set_user_attr(PRUNED_ATTR, epoch))
 
 
 def _alive(pid: int) -> bool:
@@ -80,6 +99,12 @@ def _follow_controller(controller_pid: int) -> None:
 def pruning_callbacks(info: dict[str, Any]) -> list[L.Callback]:
     """The callbacks of a job for the trial described by ``info`` (the trial file's contents)."""
     _follow_controller(int(info["controller_pid"]))
+    retry_s = info["storage_retry_s"]
+    trial = retry_storage(lambda: _load_trial(info), retry_s)
+    return [SweepPruning(trial, monitor=info["monitor"], retry_s=retry_s)]
+
+
+def _load_trial(info: dict[str, Any]) -> optuna.trial.Trial:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.load_study(
@@ -89,4 +114,4 @@ def pruning_callbacks(info: dict[str, Any]) -> list[L.Callback]:
             pruner=make_pruner(info["pruner"]),
         )
     trial_id = next(t._trial_id for t in study.get_trials(deepcopy=False) if t.number == info["trial"])
-    return [SweepPruning(optuna.trial.Trial(study, trial_id), monitor=info["monitor"])]
+    return optuna.trial.Trial(study, trial_id)
