@@ -93,7 +93,6 @@ class LossSchema:
     deep_supervision: bool = True
     presence_weight: float = 0.0  # image-level BCE on each mask's largest logit (framework/train/losses.py); 0 = reference
     competition_weight: float = 0.0  # per-pixel softmax across the questions of one image (framework/train/losses.py)
-    target_weight: float = 1.0  # BCE of model.target_decision against "the sample has a target" (when there is one)
     concept_query_weight: float = 1.0  # concept read-outs: MSE of the projector's query to its concept's query
 
 
@@ -413,7 +412,7 @@ def _check_data(cfg: dict[str, Any]) -> None:
 
 
 LOSS_WEIGHTS = ("bce_weight", "dice_weight", "pos_balance", "lm_weight", "presence_weight", "competition_weight",
-                "target_weight", "concept_query_weight")
+                "concept_query_weight")
 
 
 def _check_loss(lc: dict[str, Any]) -> None:

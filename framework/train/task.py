@@ -14,10 +14,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from framework.core.model import ModelOutput, SegEarthModel, upsample_logits
-from framework.core.target import decide, target_loss
+from framework.core.target import decide
 from framework.core.weights import FROZEN_KEY, MODEL_PREFIX, restore_frozen, slim_state
 from framework.data.transforms import box_mask
 from framework.eval.image_blind import image_blind_see
@@ -80,9 +81,6 @@ class SegEarthTask(L.LightningModule):
         if lc["competition_weight"]:
             terms["competition"] = competition_loss(out.mask_logits, targets, out.image_index)
             loss = loss + lc["competition_weight"] * terms["competition"]
-        if self.model.target_decision is not None:  # it learns to read the masks, not to reshape them
-            terms["target"] = target_loss(self.model.target_decision(out.mask_logits.detach()), targets)
-            loss = loss + lc["target_weight"] * terms["target"]
         for name, term in out.terms.items():  # the read-out's own terms, e.g. concept_query
             terms[name] = term
             loss = loss + lc[f"{name}_weight"] * term
@@ -96,6 +94,8 @@ class SegEarthTask(L.LightningModule):
         answers = batch["answer"] if self.config["loss"]["lm_weight"] > 0 else None
         out = self.model(batch["image"], batch["question"], batch["image_index"], answers, concepts=batch["concept"])
         terms = self._loss(out, batch["mask"], point_sampled=self.config["loss"]["point_sample"])
+        if self.model.target_decision is not None:  # the answers it is fitted to before each validation
+            self.model.target_decision.observe(out.mask_logits, batch["mask"])
         bs = len(batch["question"])
         loss = guard_loss(self, terms["loss"], batch)  # stops, or skips the step, on a NaN/inf loss
         if self.skip_update:
@@ -192,7 +192,18 @@ class SegEarthTask(L.LightningModule):
         terms = self._loss(out, batch["mask"], point_sampled=False)  # full-mask: deterministic val loss
         self.log("val/loss", terms["loss"], batch_size=len(batch["question"]), on_epoch=True, sync_dist=True)
 
+    def _fit_target_decision(self) -> None:
+        """Fit the target decision to the training answers every process remembers (the same fit everywhere)."""
+        decision = self.model.target_decision
+        if decision is None or self.trainer.sanity_checking:
+            return
+        parts = self._gather([t.cpu() for t in decision.memory()])
+        fitted = decision.fit(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        if not fitted and int(decision.seen):
+            rank_zero_warn("target decision not fitted: the training answers so far hold only one class")
+
     def on_validation_epoch_start(self) -> None:
+        self._fit_target_decision()
         if self.ema is not None and self.ema.started:
             self.ema.swap()  # validate the average; on_validation_epoch_end swaps back
         self._kept = {}

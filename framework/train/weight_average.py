@@ -14,11 +14,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# the target decision's state is fitted to remembered answers, not trained: an average of it would mean nothing
+UNAVERAGED = ("target_decision.",)
+
 
 def _averaged_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's floating-point state outside its frozen slots, by state_dict name (sharing storage)."""
-    frozen = tuple(f"{slot}." for slot in getattr(model, "frozen_slots", ()))
-    return {k: v for k, v in model.state_dict().items() if v.is_floating_point() and not k.startswith(frozen)}
+    """The model's floating-point state outside its frozen slots and ``UNAVERAGED``, by state_dict name (sharing
+    storage)."""
+    skipped = tuple(f"{slot}." for slot in getattr(model, "frozen_slots", ())) + UNAVERAGED
+    return {k: v for k, v in model.state_dict().items() if v.is_floating_point() and not k.startswith(skipped)}
 
 
 class WeightAverage:

@@ -53,12 +53,13 @@ def test_swap_exchange_and_copy():
     assert torch.equal(model.weight, trained)
 
 
-def test_frozen_slots_are_not_averaged():
+def test_frozen_slots_and_the_fitted_target_decision_are_not_averaged():
     cfg = tiny_config()
     cfg["model"]["encoder"]["frozen"] = True
+    cfg["model"]["target_decision"] = {"name": "mask_statistics"}
     ema = WeightAverage(0.9)
-    ema.start(SegEarthModel(cfg["model"]))
-    assert ema.average and not any(k.startswith("encoder.") for k in ema.average)
+    ema.start(SegEarthModel(with_defaults(cfg)["model"]))
+    assert ema.average and not any(k.startswith(("encoder.", "target_decision.")) for k in ema.average)
     assert any(k.startswith("mask_head.") for k in ema.average)
 
 
