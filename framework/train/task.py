@@ -168,7 +168,8 @@ class SegEarthTask(L.LightningModule):
             if samples and per_sample["ids"] != samples["ids"]:
                 raise RuntimeError("frame and native metrics saw different samples")
             samples["ids"] = per_sample["ids"]
-            samples.update({f"{prefix}{k}": per_sample[k] for k in ("iou", "inter", "union")})
+            counts = ("iou", "inter", "union", "target_area", "pred_area")
+            samples.update({f"{prefix}{k}": per_sample[k] for k in counts})
             metric.reset()
         return values, samples
 

@@ -92,6 +92,7 @@ def test_a_model_with_a_decision_reports_n_acc_t_acc_and_says_no_target(tmp_path
     metrics, samples = results["metrics"], results["samples"]
     assert metrics["n_acc"] == 1.0 and metrics["t_acc"] == 0.0 and metrics["giou"] == metrics["floor_empty_giou"]
     assert all(0 <= s["target_probability"] <= 1 for s in samples)
+    assert all(s["pred_area"] == 0 and s["union"] == s["target_area"] for s in samples)  # all answered empty
     assert "| N-acc | T-acc |" in (run / "results.md").read_text()
 
     image = sorted((synth_root / "test" / "images").iterdir())[0]
