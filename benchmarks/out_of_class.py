@@ -149,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("data/dubai"))
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, help="also write every answer and the summary as JSON here")
+    parser.add_argument("--target-threshold", type=float, help="the target decision's threshold (default: the "
+                        "model config's eval.target_threshold)")
     args = parser.parse_args(argv)
     from framework.infer.predictor import load_model
 
     try:
-        rows = answers(load_model(args.model, tiling="never"), args.root, args.split)
+        rows = answers(load_model(args.model, tiling="never", target_threshold=args.target_threshold), args.root,
+                       args.split)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

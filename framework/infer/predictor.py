@@ -108,10 +108,18 @@ def predict_options(cfg: dict, **overrides: Any) -> dict[str, Any]:
 
 class Predictor:
     """A trained model ready for inference (see the module docstring). ``batch_size``: (tile, question) pairs per
-    forward pass after the shared encoder step."""
+    forward pass after the shared encoder step; ``target_threshold``: the target decision's threshold (None: the
+    model config's ``eval.target_threshold``)."""
 
     def __init__(
-        self, model, config: dict, source: str = "", device: str = "cpu", batch_size: int = 8, **options: Any
+        self,
+        model,
+        config: dict,
+        source: str = "",
+        device: str = "cpu",
+        batch_size: int = 8,
+        target_threshold: float | None = None,
+        **options: Any,
     ) -> None:
         self.model = model.to(device).eval().requires_grad_(False)  # also enables the LLM's question cache
         self.config = config
@@ -122,7 +130,9 @@ class Predictor:
         self.bands = config["data"].get("bands")
         self.scale = config["data"].get("scale", "auto")
         self.threshold = config["eval"]["threshold"]
-        self.target_threshold = config["eval"]["target_threshold"]
+        self.target_threshold = config["eval"]["target_threshold"] if target_threshold is None else target_threshold
+        if not 0 <= self.target_threshold <= 1:
+            raise ConfigError(f"target threshold: expected a probability in [0, 1], got {self.target_threshold}")
         self.options = predict_options(config, **options)
         model.check_image_size(self.image_size)
 
@@ -326,8 +336,9 @@ class Predictor:
 
 def load_model(source: str | Path, device: str = "cpu", tracking_uri: str | None = None, **options: Any) -> Predictor:
     """A ``Predictor`` from a bundle folder, ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``, a run folder
-    (``checkpoints/best.ckpt``) or a ``.ckpt`` file. ``options``: ``batch_size`` and ``predict`` settings
-    (``tiling``, ``tile_size``, ``overlap``, ``tile_batch``, ``tta``) overriding the model's config."""
+    (``checkpoints/best.ckpt``) or a ``.ckpt`` file. ``options``: ``batch_size``, ``target_threshold`` and
+    ``predict`` settings (``tiling``, ``tile_size``, ``overlap``, ``tile_batch``, ``tta``) overriding the model's
+    config."""
     ref = str(source)
     bundle = resolve_bundle(ref, tracking_uri)
     if bundle is not None:

@@ -99,6 +99,7 @@ def test_a_model_with_a_decision_reports_n_acc_t_acc_and_says_no_target(tmp_path
     predictor = load_model(run / "checkpoints" / "last.ckpt")
     answer = predictor.predict(image, "Where are the buildings?")
     assert 0 <= answer.target_score <= 1 and answer.no_target == (answer.area_px == 0)
-    predictor.target_threshold = 1.0
-    record = predictor.predict(image, "Where are the buildings?").record()
+    record = load_model(run, target_threshold=1.0).predict(image, "Where are the buildings?").record()
     assert record["no_target"] is True and record["area_px"] == 0 and record["target_score"] < 1
+    with pytest.raises(ConfigError, match=r"target threshold: expected a probability in \[0, 1\], got 2"):
+        load_model(run, target_threshold=2)
