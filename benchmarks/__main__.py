@@ -13,13 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ceiling, compression, deformable, evaldata, forward, questions, training
+from benchmarks import ceiling, compression, deformable, evaldata, forward, questions, scene, training
 from benchmarks.common import Section, machine
-from benchmarks.models import DEMO, build, faithful_config, image_size
+from benchmarks.models import DEMO, EXPERIMENT, build, faithful_config, image_size
 from benchmarks.report import markdown
 from framework.core.config import load_config
 
-SECTIONS = ("ceiling", "forward", "compression", "deformable", "training", "questions", "evaldata")
+SECTIONS = ("ceiling", "forward", "compression", "deformable", "training", "questions", "scene", "evaldata")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -60,14 +60,22 @@ def run_sections(only: list[str], quick: bool, report: Callable[[list[Section]],
         if "compression" in only:
             add(compression.run, model, [size, 2 * size], quick)
         if "questions" in only:
-            demo = build(load_config(DEMO)["model"])
+            demo_config = load_config(DEMO)
+            demo = build(demo_config["model"])
+            faithful = {**load_config(EXPERIMENT), "model": faithful_config(quick)}
+            faithful["data"] = {**faithful["data"], "image_size": size}
             label = "faithful (reduced)" if quick else "faithful (Swin-B + Phi-1.5)"
-            add(questions.run, {label: (model, size), "demo (EfficientNet-Lite0 + SmolLM2)": (demo, 256)}, quick)
+            add(questions.run, {label: (model, faithful, "faithful"),
+                                "demo (EfficientNet-Lite0 + SmolLM2)": (demo, demo_config, "demo")}, quick)
             del demo
         del model
         gc.collect()
     if "deformable" in only:
         add(deformable.run, size, quick)
+    if "scene" in only:
+        demo_config = load_config(DEMO)
+        add(scene.run, build(demo_config["model"]), demo_config, quick)
+        gc.collect()
     demo_rate = None
     if "training" in only:
         trained = add(training.run, quick)

@@ -65,10 +65,12 @@ class PromptLayout:
 
     ``ids`` holds the pad id at the image positions (their embeddings are replaced by visual tokens).
     ``span_positions``: the description span, question tokens then ``[SEG]``. ``label_positions``: the
-    answer-template tokens (supervised), empty without an answer.
+    answer-template tokens (supervised), empty without an answer. ``question_start``: where the question begins;
+    everything before it (constant text and the visual tokens) is the same for every question of one image.
     """
 
     ids: list[int]
+    question_start: int
     image_positions: list[int]
     span_positions: list[int]
     seg_position: int | None
@@ -120,11 +122,33 @@ class PromptBuilder:
     def encode_text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def stop_ids(self) -> set[int]:
+        """Token ids that end a generated answer: eos, and ``[SEG]`` (the answer template puts it after the
+        answer)."""
+        return {self.tokenizer.eos_token_id, self.seg_token_id} - {None}
+
+    def answer_text(self, generated: list[int]) -> str:
+        """The ``<answer>`` part of generated ids: decoded up to the first stop id, with the answer template's
+        constant text before and after ``<answer>`` removed where it was generated."""
+        stops = self.stop_ids()
+        end = next((i for i, token in enumerate(generated) if token in stops), len(generated))
+        text = self.tokenizer.decode(generated[:end], skip_special_tokens=True)
+        tags = [tag for tag, _ in self._answer]
+        before = "".join(self.tokenizer.decode(ids) for tag, ids in self._answer[: tags.index(ANSWER)] if tag is None)
+        after = self._answer[tags.index(ANSWER) + 1 :]
+        after_text = self.tokenizer.decode(after[0][1]) if after and after[0][0] is None else ""
+        if before.strip() and text.strip().startswith(before.strip()):
+            text = text.strip()[len(before.strip()) :]
+        if after_text.strip() and text.rstrip().endswith(after_text.strip()):
+            text = text.rstrip()[: -len(after_text.strip())]
+        return text.strip()
+
     def layout(self, question: str, num_image_tokens: int, answer: str | None = None) -> PromptLayout:
         """The sample's layout; ``answer`` is ignored when the builder has no answer template."""
         ids: list[int] = []
         image: list[int] = []
         question_positions: list[int] = []
+        question_start = 0
         seg_position = None
         for tag, piece_ids in self._prompt:
             start = len(ids)
@@ -132,6 +156,7 @@ class PromptBuilder:
                 ids += [self.tokenizer.pad_token_id] * num_image_tokens
                 image = list(range(start, len(ids)))
             elif tag == QUESTION:
+                question_start = start
                 ids += self.encode_text(" " + question)  # the reference encodes " " + instruction
                 question_positions = list(range(start, len(ids)))
             else:
@@ -146,6 +171,7 @@ class PromptBuilder:
         span = sorted(question_positions + ([seg_position] if seg_position is not None else []))
         return PromptLayout(
             ids=ids,
+            question_start=question_start,
             image_positions=image,
             span_positions=span,
             seg_position=seg_position,

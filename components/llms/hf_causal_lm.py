@@ -178,6 +178,11 @@ class HFCausalLM(LanguageModel):
         return self.prompt.uses_image
 
     @property
+    def answers_in_words(self) -> bool:
+        """Whether an answer template is set: ``generate`` then returns the answer text."""
+        return self.prompt.has_answer
+
+    @property
     def device(self) -> torch.device:
         return self.causal_lm.get_input_embeddings().weight.device
 
@@ -187,11 +192,21 @@ class HFCausalLM(LanguageModel):
         return len(self.prompt.layout(question, num_visual_tokens, answer).ids)
 
     def forward(
-        self, questions: list[str], visual_tokens: torch.Tensor | None = None, answers: list[str] | None = None
+        self,
+        questions: list[str],
+        visual_tokens: torch.Tensor | None = None,
+        answers: list[str] | None = None,
+        image_index: torch.Tensor | None = None,
     ) -> LLMOutput:
-        """``questions`` (B strings), ``visual_tokens`` [B,N,D] or None, ``answers`` (B strings) or None ->
+        """``questions`` (B strings), ``visual_tokens`` [U,N,D] or None, ``answers`` (B strings) or None,
+        ``image_index`` [B] (question i reads the visual tokens of image ``image_index[i]``; None: of row i) ->
         ``LLMOutput``: ``pooled`` [B,D], ``tokens`` [B,L,D] (question tokens + [SEG], right-padded with zeros),
-        ``token_mask`` [B,L] bool, ``lm_loss`` (scalar, when answers are given and an answer template is set)."""
+        ``token_mask`` [B,L] bool, ``lm_loss`` (scalar, when answers are given and an answer template is set).
+
+        Without gradients and without answers, the prompt before the question (constant text and, when they come
+        first, the visual tokens) runs once per image, or once in all when it holds no visual tokens, and its keys
+        and values serve each question of it; only the questions' own tokens and what follows them run per
+        question."""
         if self.uses_image and visual_tokens is None:
             raise ConfigError(
                 "llm.template has '<image>' but no visual tokens arrived (the compressor slot is null): "
@@ -204,10 +219,51 @@ class HFCausalLM(LanguageModel):
             )
         if answers is not None and len(answers) != len(questions):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        if visual_tokens is not None and image_index is None and visual_tokens.shape[0] != len(questions):
+            raise ValueError(f"{len(questions)} questions, visual tokens of {visual_tokens.shape[0]} images and no "
+                             "image_index saying which is whose")
         supervised = answers is not None and self.prompt.has_answer
         if visual_tokens is None and not supervised and self._question_cache_usable():
             return self._cached_forward(questions)
-        return self._run(questions, visual_tokens, answers if supervised else None)
+        return self._run(questions, visual_tokens, image_index, answers if supervised else None)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        questions: list[str],
+        visual_tokens: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+    ) -> list[str]:
+        """The greedy answer text to each of ``questions`` (B strings; ``visual_tokens`` [U,N,D] and
+        ``image_index`` [B] as in ``forward``): at most ``max_new_tokens`` tokens after the prompt, stopped at eos
+        or ``[SEG]``, the answer template's constant text removed. A ConfigError without an answer template (the
+        model was never taught an answer's form)."""
+        if not self.prompt.has_answer:
+            raise ConfigError("llm.answer_template is null: this LLM was not trained to answer in words")
+        num_visual = 0 if visual_tokens is None else visual_tokens.shape[1]
+        if visual_tokens is not None and self.visual_gate is not None:
+            visual_tokens = visual_tokens * torch.tanh(self.visual_gate)
+        stops = self.prompt.stop_ids()
+        texts = []
+        for row, question in enumerate(questions):
+            layout = self._layout(question, num_visual, None)
+            ids = torch.tensor([layout.ids], device=self.device)
+            image_mask = torch.zeros_like(ids, dtype=torch.bool)
+            image_mask[0, layout.image_positions] = True
+            source = row if image_index is None else int(image_index[row])
+            tokens = None if visual_tokens is None else visual_tokens[source : source + 1]
+            out = self.causal_lm(inputs_embeds=self._embed(ids, image_mask, tokens), use_cache=True, logits_to_keep=1)
+            generated: list[int] = []
+            while len(generated) < max_new_tokens:
+                token = int(out.logits[0, -1].argmax())
+                generated.append(token)
+                if token in stops or len(layout.ids) + len(generated) >= (self.max_positions or float("inf")):
+                    break
+                out = self.causal_lm(input_ids=torch.tensor([[token]], device=self.device), cache=out.cache,
+                                     use_cache=True, logits_to_keep=1)
+            texts.append(self.prompt.answer_text(generated))
+        return texts
 
     def _layout(self, question: str, num_visual_tokens: int, answer: str | None) -> PromptLayout:
         layout = self.prompt.layout(question, num_visual_tokens, answer)
@@ -219,21 +275,34 @@ class HFCausalLM(LanguageModel):
             )
         return layout
 
-    def _run(self, questions: list[str], visual_tokens: torch.Tensor | None, answers: list[str] | None) -> LLMOutput:
+    def _run(
+        self,
+        questions: list[str],
+        visual_tokens: torch.Tensor | None,
+        image_index: torch.Tensor | None,
+        answers: list[str] | None,
+    ) -> LLMOutput:
         num_visual = 0 if visual_tokens is None else visual_tokens.shape[1]
         layouts = [
             self._layout(question, num_visual, answer)
             for question, answer in zip(questions, answers or [None] * len(questions))
         ]
         batch = collate(layouts, self.tokenizer.pad_token_id, self.device)
-        embeds = self.causal_lm.get_input_embeddings()(batch.input_ids)
-        if visual_tokens is not None:
-            if self.visual_gate is not None:
-                visual_tokens = visual_tokens * torch.tanh(self.visual_gate)
-            embeds = embeds.masked_scatter(batch.image_mask.unsqueeze(-1), visual_tokens.to(embeds.dtype))
-        hidden = self.causal_lm.base_model(
-            inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False
-        ).last_hidden_state
+        if visual_tokens is not None and self.visual_gate is not None:
+            visual_tokens = visual_tokens * torch.tanh(self.visual_gate)
+        rows = torch.arange(len(questions), device=self.device) if image_index is None else image_index
+        prefix = layouts[0].question_start
+        image_first = bool(layouts[0].image_positions) and layouts[0].image_positions[0] < prefix
+        prefix_rows = visual_tokens.shape[0] if image_first else 1
+        if answers is None and not torch.is_grad_enabled() and prefix and prefix_rows < len(questions):
+            hidden = self._shared_prefix_hidden(batch, prefix, visual_tokens, rows, image_first)
+        else:
+            tokens = None if visual_tokens is None else visual_tokens[rows]
+            hidden = self.causal_lm.base_model(
+                inputs_embeds=self._embed(batch.input_ids, batch.image_mask, tokens),
+                attention_mask=batch.attention_mask,
+                use_cache=False,
+            ).last_hidden_state
         index = batch.span_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         tokens = hidden.gather(1, index).masked_fill(~batch.span_mask.unsqueeze(-1), 0)
         return LLMOutput(
@@ -242,6 +311,43 @@ class HFCausalLM(LanguageModel):
             token_mask=batch.span_mask,
             lm_loss=None if answers is None else self._lm_loss(hidden, batch.labels),
         )
+
+    def _embed(self, ids: torch.Tensor, image_mask: torch.Tensor, visual_tokens: torch.Tensor | None) -> torch.Tensor:
+        """Input embeddings of ``ids`` [R,T] with ``visual_tokens`` [R,N,D] (gated) at ``image_mask`` [R,T]."""
+        embeds = self.causal_lm.get_input_embeddings()(ids)
+        if visual_tokens is None or not image_mask.any():
+            return embeds
+        return embeds.masked_scatter(image_mask.unsqueeze(-1), visual_tokens.to(embeds.dtype))
+
+    def _shared_prefix_hidden(
+        self,
+        batch: PromptBatch,
+        prefix: int,
+        visual_tokens: torch.Tensor | None,
+        rows: torch.Tensor,
+        image_first: bool,
+    ) -> torch.Tensor:
+        """The final hidden states [B,T,D] of the batch, its first ``prefix`` positions (the same ids for every
+        row) run once per image when the visual tokens lie in them (``image_first``), else once; each row then runs
+        only its own positions against the prefix's keys and values. The same states as one pass over every
+        whole prompt, up to float rounding (positions, causal order and padding are unchanged)."""
+        sources = visual_tokens.shape[0] if image_first else 1
+        ids = batch.input_ids[:1, :prefix].expand(sources, -1)
+        image_mask = batch.image_mask[:1, :prefix].expand(sources, -1)
+        head = self.causal_lm.base_model(
+            inputs_embeds=self._embed(ids, image_mask, visual_tokens if image_first else None), use_cache=True
+        )
+        source_rows = rows if image_first else torch.zeros_like(rows)
+        cache = head.cache
+        cache.batch_select_indices(source_rows)
+        suffix_tokens = None if visual_tokens is None or image_first else visual_tokens[rows]
+        tail = self.causal_lm.base_model(
+            inputs_embeds=self._embed(batch.input_ids[:, prefix:], batch.image_mask[:, prefix:], suffix_tokens),
+            attention_mask=batch.attention_mask,
+            cache=cache,
+            use_cache=True,
+        ).last_hidden_state
+        return torch.cat([head.last_hidden_state[source_rows], tail], dim=1)
 
     def _pool(self, hidden: torch.Tensor, tokens: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
         rows = torch.arange(hidden.shape[0], device=hidden.device)
@@ -282,7 +388,7 @@ class HFCausalLM(LanguageModel):
         missing = [question for question in unique if question not in entries]
         if missing:
             with torch.no_grad():
-                fresh = self._run(missing, None, None)
+                fresh = self._run(missing, None, None, None)
             for row, question in enumerate(missing):
                 entries[question] = (fresh.tokens[row, fresh.token_mask[row]].cpu(), fresh.pooled[row].cpu())
         for question in unique:

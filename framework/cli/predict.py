@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from framework.cli.common import add_model_arguments, load_model_of
@@ -16,13 +17,18 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     check_output_folder(out)
     pairs = read_pairs(args.image, args.question, args.input, args.questions)
+    started = time.perf_counter()
     predictor = load_model_of(args)
-    rows = write_predictions(predictor, pairs, out, progress=sys.stderr.isatty() and not args.no_progress)
+    profile = {"load_s": round(time.perf_counter() - started, 6)} if args.profile else None
+    if predictor.answer_note:
+        print(f"note: {predictor.answer_note}", file=sys.stderr)
+    rows = write_predictions(predictor, pairs, out, sys.stderr.isatty() and not args.no_progress, profile)
     for row in rows:
         where = f", {row['area_m2']:,.0f} m²" if row["area_m2"] is not None else ""
         answer = "no target" if row["no_target"] else f"{row['area_px']} px{where}, score {row['score']:.2f}"
-        print(f"{row['image']}: {row['question']!r} -> {answer}")
-    print(f"wrote {len(rows)} prediction(s) to {out} (predictions.jsonl)")
+        said = f": {row['answer']!r}" if row["answer"] is not None else ""
+        print(f"{row['image']}: {row['question']!r} -> {answer}{said}")
+    print(f"wrote {len(rows)} prediction(s) to {out} (predictions.jsonl{', profile.json' if args.profile else ''})")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,4 +46,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--questions", help="with a folder --input: text file, one question per line")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--profile", action="store_true", help="also write profile.json: seconds of loading, predicting "
+                   "and writing, and each model part's calls, batch rows and seconds")
     p.set_defaults(func=run)

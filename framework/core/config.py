@@ -136,6 +136,7 @@ class PredictSchema:
     overlap: float = 0.25  # fraction of the tile shared with each neighbour; logits are blended there
     tile_batch: int = 4  # tiles encoded at once: bounds memory together with the scene-sized output
     tta: str = "none"  # "none" | "flips" | "dihedral": each tile seen in 4 or 8 views, mean logits (framework/eval/tta.py)
+    answer_tokens: int = 32  # most tokens of the answer text (greedy) of a model trained with the LM loss; 0: none
 
 
 @dataclass
@@ -371,6 +372,7 @@ def check_predict(options: dict[str, Any]) -> None:
     _fraction("predict.overlap", options["overlap"], closed=False)
     _at_least("predict.tile_batch", options["tile_batch"], 1)
     _choice("predict.tta", options["tta"], TTA_MODES)
+    _at_least("predict.answer_tokens", options["answer_tokens"], 0)
 
 
 def _check_optim(cfg: dict[str, Any]) -> None:

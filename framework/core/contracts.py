@@ -79,8 +79,10 @@ class LanguageModel(nn.Module):
     """Wraps a tokenizer + causal LM.
 
     Attributes ``hidden_size`` (D) and ``uses_image`` (whether the prompt takes visual tokens; the framework
-    checks it against the compressor slot). ``forward(questions: list[str], visual_tokens: Tensor [B,N,D] | None,
-    answers: list[str] | None) -> LLMOutput``. Visual tokens replace the prompt's ``<image>`` placeholder.
+    checks it against the compressor slot). ``forward(questions: list[str], visual_tokens: Tensor [U,N,D] | None,
+    answers: list[str] | None, image_index: Tensor [B] | None) -> LLMOutput``: question i reads the visual tokens
+    of image ``image_index[i]`` (None: U == B and question i reads row i). Visual tokens replace the prompt's
+    ``<image>`` placeholder. An LLM may use ``image_index`` to run what the questions of one image share once.
     """
 
     hidden_size: int

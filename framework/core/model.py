@@ -21,6 +21,7 @@ from framework.core.errors import ConfigError
 from framework.core.readout import READOUTS
 from framework.core.registry import SLOT_REGISTRIES
 from framework.core.rows import ImagePass, check_image_index, take_rows
+from framework.core.slot_clock import part
 from framework.core.slots import DEFAULT_READOUT, SLOT_SPECS, SLOTS
 from framework.core.target import TARGETS
 
@@ -184,7 +185,8 @@ class SegEarthModel(nn.Module):
         h, w = images.shape[-2:]
         if h % self.max_stride or w % self.max_stride:
             raise ValueError(f"image size {h}x{w} is not divisible by the encoder's largest stride {self.max_stride}")
-        with torch.no_grad() if "encoder" in self.frozen_slots else contextlib.nullcontext():
+        no_grad = torch.no_grad() if "encoder" in self.frozen_slots else contextlib.nullcontext()
+        with no_grad, part("encoder", images.shape[0]):
             features = self.encoder(images.to(self.encoder_dtype))
         if self.encoder_dtype != images.dtype:  # a low-precision frozen encoder hands on features as the input came
             features = [f.to(images.dtype) for f in features]
@@ -199,9 +201,13 @@ class SegEarthModel(nn.Module):
     def see_encoded(self, features: list[torch.Tensor], visual_tokens: torch.Tensor | None = None) -> ImagePass:
         """``see`` after the encoder: the compressor and the mask head's pixel features on its maps (a frozen
         encoder's maps stay valid while the other slots train)."""
+        images = features[0].shape[0]
         if visual_tokens is None and self.compressor is not None:
-            visual_tokens = self.compressor(features[self.compressor_level])
-        return ImagePass(features, visual_tokens, self.mask_head.pixel_features(features))
+            with part("compressor", images):
+                visual_tokens = self.compressor(features[self.compressor_level])
+        with part("pixel decoder", images):
+            pixels = self.mask_head.pixel_features(features)
+        return ImagePass(features, visual_tokens, pixels)
 
     def visual_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The compressor's tokens [U,N,D_llm] of images [U,3,H,W] (encoder and compressor only)."""
@@ -221,10 +227,16 @@ class SegEarthModel(nn.Module):
         about image i). ``answers``: supervise the LLM's answer text; ``concepts`` (training): each sample's concept
         name, for read-outs that train on them."""
         index = check_image_index(image_index, len(questions), seen.images, seen.features[0].device)
-        tokens = None if seen.visual_tokens is None else take_rows(seen.visual_tokens, index)
-        llm_out = self.llm(questions, tokens, answers)
-        queries = self.projector(llm_out, [take_rows(f, index) for f in seen.features])
-        read = self.readout(self.mask_head, seen, index, queries, concepts)
+        rows = len(questions)
+        with part("llm", rows):
+            if seen.visual_tokens is None:
+                llm_out = self.llm(questions, None, answers)
+            else:  # each image's visual tokens once: the LLM may run their shared prompt prefix once per image
+                llm_out = self.llm(questions, seen.visual_tokens, answers, image_index=index)
+        with part("projector", rows):
+            queries = self.projector(llm_out, [take_rows(f, index) for f in seen.features])
+        with part("mask decoder", rows):
+            read = self.readout(self.mask_head, seen, index, queries, concepts)
         return ModelOutput(
             mask_logits=read.masks,
             aux_logits=read.aux,
@@ -234,6 +246,23 @@ class SegEarthModel(nn.Module):
             terms=read.terms,
             notes=read.notes,
         )
+
+    def why_no_answer_text(self, config: dict[str, Any]) -> str | None:
+        """None when the model, trained with ``config``, learnt to answer in words (its LLM has an answer template
+        and ``loss.lm_weight`` > 0), else why not."""
+        if not getattr(self.llm, "answers_in_words", False):
+            return "its LLM has no answer template"
+        if config["loss"]["lm_weight"] <= 0:
+            return "loss.lm_weight is 0"
+        return None
+
+    def answer_texts(
+        self, seen: ImagePass, questions: list[str], image_index: torch.Tensor | None = None, max_tokens: int = 32
+    ) -> list[str]:
+        """The LLM's greedy answer text to each question [B] about the image ``image_index`` [B] of ``seen``."""
+        index = check_image_index(image_index, len(questions), seen.images, seen.features[0].device)
+        with part("answer text", len(questions)):
+            return self.llm.generate(questions, seen.visual_tokens, index, max_tokens)
 
     def forward(
         self,

@@ -50,6 +50,9 @@ def results_table(results: dict[str, Any], cfg: dict[str, Any]) -> str:
     lines.append(_row("floor: always predict the whole image", metrics, frames, "floor_full_"))
     lines.append("")
     lines.append(empty_target_line(metrics))
+    if "answer_n" in metrics:
+        lines.append(f"Answer text ({int(metrics['answer_n'])} answers against the reference answers, normalised): "
+                     f"exact match {metrics['answer_exact']:.3f}, token F1 {metrics['answer_f1']:.3f}.")
     if split == "test":
         lines.append(concept_table(results["test"]["samples"]))
     return "\n".join(lines).rstrip()

@@ -20,12 +20,16 @@ import json
 import os
 import shutil
 import sys
+import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from framework.core.errors import DataError, UserError
+from framework.core.slot_clock import SlotClock
 from framework.data.geo import mask_geojson, write_json, write_mask_geotiff
 from framework.eval.overlays import render_overlay
 
@@ -168,9 +172,15 @@ def _replace_folder(staging: Path, out: Path) -> None:
     shutil.rmtree(aside)
 
 
-def write_predictions(predictor, pairs: list[tuple[Path, str]], out: Path, progress: bool = False) -> list[dict]:
+def write_predictions(
+    predictor, pairs: list[tuple[Path, str]], out: Path, progress: bool = False, profile: dict[str, Any] | None = None
+) -> list[dict]:
     """Predict every (image, question) pair with ``predictor`` (a ``Predictor``) and write its files and
-    ``predictions.jsonl`` into ``out``; returns the rows. Nothing lands in ``out`` unless every sample succeeded."""
+    ``predictions.jsonl`` into ``out``; returns the rows. Nothing lands in ``out`` unless every sample succeeded.
+
+    ``profile`` (e.g. ``{"load_s": ...}``): also write ``profile.json``, these entries plus the seconds spent
+    predicting (reading images, the model, post-processing) and writing files, the counts of images, tiles and
+    questions, and per model part its calls, batch rows and seconds (``framework.core.slot_clock``)."""
     check_output_folder(out)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     try:
@@ -182,14 +192,29 @@ def write_predictions(predictor, pairs: list[tuple[Path, str]], out: Path, progr
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         rows, noted = [], set()
-        for index, prediction in enumerate(predictor.iter_predictions(pairs, progress=progress)):
-            geo, path = prediction.image.geo, prediction.image.path
-            if geo is not None and geo.crs is None and path not in noted:
-                noted.add(path)
-                print(f"note: {path} has a transform but no CRS: its mask GeoTIFF is written without a CRS and "
-                      "its GeoJSON coordinates are in the file's own map units", file=sys.stderr)
-            rows.append(write_sample(prediction, index, staging))
+        seconds = {"predict_s": 0.0, "write_s": 0.0}
+        predictions = predictor.iter_predictions(pairs, progress=progress)
+        with SlotClock() if profile is not None else nullcontext() as clock:
+            while True:
+                started = time.perf_counter()
+                prediction = next(predictions, None)
+                predicted = time.perf_counter()
+                seconds["predict_s"] += predicted - started
+                if prediction is None:
+                    break
+                geo, path = prediction.image.geo, prediction.image.path
+                if geo is not None and geo.crs is None and path not in noted:
+                    noted.add(path)
+                    print(f"note: {path} has a transform but no CRS: its mask GeoTIFF is written without a CRS and "
+                          "its GeoJSON coordinates are in the file's own map units", file=sys.stderr)
+                rows.append(write_sample(prediction, len(rows), staging))
+                seconds["write_s"] += time.perf_counter() - predicted
         (staging / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        if profile is not None:
+            images = {row["image"]: row["tiles"] for row in rows}
+            summary = {**profile, **{k: round(v, 6) for k, v in seconds.items()}, "images": len(images),
+                       "tiles": sum(images.values()), "questions": len(rows), "parts": clock.summary()}
+            write_json(staging / "profile.json", summary)
         _replace_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

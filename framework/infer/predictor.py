@@ -12,7 +12,10 @@ overlap (``framework.infer.tiling``). The image pass (encoder, compressor, the m
 per tile, whatever the number of questions asked of the image; the questions then run in batches over it. ``predict.tta`` (``flips``, ``dihedral``) sees
 each tile in 4 or 8 views and averages their logits (``framework.eval.tta``): that many encoder passes per tile.
 
-The LLM component (``hf_causal_lm``) returns a description embedding and generates no text, so ``answer`` is None.
+A model trained with the LM loss on answers (``loss.lm_weight`` > 0 and an LLM answer template) also answers in
+words: the LLM's greedy text (at most ``predict.answer_tokens`` tokens) from the image's own pass when it is one tile,
+or from the whole scene letterboxed into one frame when it is tiled. Otherwise ``answer`` is None and
+``Predictor.answer_note`` says why.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ class LoadedImage:
 class Prediction:
     """One answer. ``mask`` bool [H,W] and ``probability`` float32 [H,W] at the image's native size; ``score``:
     mean probability over the mask (the reference's mask score; 0 for an empty mask); ``area_m2`` when the image
-    is georeferenced in a metric CRS; ``answer``: generated text (None: the LLM generates none). ``no_target``: the
+    is georeferenced in a metric CRS; ``answer``: the LLM's answer text (None: the model was not trained to answer
+    in words, ``Predictor.answer_note`` says why). ``no_target``: the
     answer is "nothing here" (its mask is empty: decided so by the model's target decision, or simply empty);
     ``target_score``: the target decision's probability that there is a target (the largest over the tiles of a
     tiled scene; None: the model has no target decision)."""
@@ -135,6 +139,13 @@ class Predictor:
             raise ConfigError(f"target threshold: expected a probability in [0, 1], got {self.target_threshold}")
         self.options = predict_options(config, **options)
         model.check_image_size(self.image_size)
+        why = model.why_no_answer_text(config)
+        if why is not None:
+            self.answer_note: str | None = f"this model was not trained to answer in words ({why}): answers are null"
+        elif self.options["answer_tokens"] == 0:
+            self.answer_note = "predict.answer_tokens is 0: answers are null"
+        else:
+            self.answer_note = None
 
     # ------------------------------------------------------------------ inputs
     def load_image(self, source: ImageSource) -> LoadedImage:
@@ -247,8 +258,7 @@ class Predictor:
 
         batch_tiles = self.options["tile_batch"]
         pending: list[tuple[int, int]] = []  # (group, tile index) waiting for the next encoder batch
-        # group -> (image, blenders, tiles left, each question's target score so far)
-        state: dict[int, tuple[LoadedImage, list[TileBlender], int, list[float | None]]] = {}
+        scenes: dict[int, _Scene] = {}
         bar = tqdm(desc="tiles", unit="tile", disable=None if progress is None else not progress, leave=False)
         with torch.inference_mode(), bar:
             for g, (source, asked) in enumerate(groups):
@@ -256,24 +266,23 @@ class Predictor:
                 height, width = image.pixels.shape[:2]
                 tile, overlap = self.tile_layout(image)
                 blenders = [TileBlender(height, width, tile, overlap) for _ in asked]
-                n_tiles = len(blenders[0].tiles)
-                bar.total = (bar.total or 0) + n_tiles
-                state[g] = (image, blenders, n_tiles, [None] * len(asked))
-                for t in range(n_tiles):
+                scenes[g] = _Scene(image, blenders, len(blenders[0].tiles), [None] * len(asked), [None] * len(asked))
+                bar.total = (bar.total or 0) + scenes[g].left
+                for t in range(scenes[g].left):
                     pending.append((g, t))
                     if len(pending) == batch_tiles:
-                        yield from self._step(pending, groups, state, bar)
+                        yield from self._step(pending, groups, scenes, bar)
                         pending = []
             if pending:
-                yield from self._step(pending, groups, state, bar)
+                yield from self._step(pending, groups, scenes, bar)
 
-    def _step(self, pending, groups, state, bar) -> Iterator[list[tuple[int, Prediction]]]:
+    def _step(self, pending, groups, scenes, bar) -> Iterator[list[tuple[int, Prediction]]]:
         """Encode one batch of tiles, ask every question of their images, blend; yield finished images."""
         frames, boxes, sizes = [], [], []
         for g, t in pending:
-            image, blenders, _, _ = state[g]
-            tile = blenders[0].tiles[t]
-            crop = image.pixels[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width]
+            scene = scenes[g]
+            tile = scene.blenders[0].tiles[t]
+            crop = scene.image.pixels[tile.top : tile.top + tile.height, tile.left : tile.left + tile.width]
             frame, box = letterbox_image(Image.fromarray(crop), self.image_size)
             frames.append(frame)
             boxes.append(box)
@@ -282,8 +291,12 @@ class Predictor:
         pairs = [(row, q) for row, (g, _) in enumerate(pending) for q in range(len(groups[g][1]))]
         chunks = [pairs[start : start + self.batch_size] for start in range(0, len(pairs), self.batch_size)]
         means = [ViewAverage() for _ in chunks]
-        for view in tta_views(self.options["tta"]):
+        for v, view in enumerate(tta_views(self.options["tta"])):
             seen = self.model.see(to_view(batch, view))  # once per tile, for every question of its image
+            if v == 0 and self.answer_note is None:  # the identity view: a one-tile image's answer text
+                for row, (g, _) in enumerate(pending):
+                    if scenes[g].left == 1:
+                        self._answer(scenes[g], groups[g][1], seen, row)
             for chunk, mean in zip(chunks, means, strict=True):
                 rows = torch.tensor([row for row, _ in chunk], device=self.device)
                 asked, valid = questions_in_view([groups[pending[row][0]][1][q][1] for row, q in chunk], view)
@@ -296,29 +309,37 @@ class Predictor:
             )
             for n, ((row, q), tile_logits) in enumerate(zip(chunk, logits, strict=True)):
                 g, t = pending[row]
-                state[g][1][q].add(t, tile_logits.float().cpu().numpy())
+                scenes[g].blenders[q].add(t, tile_logits.float().cpu().numpy())
                 if probability is not None:
-                    scores = state[g][3]
+                    scores = scenes[g].target_scores
                     scores[q] = max(scores[q] or 0.0, float(probability[n]))
         bar.update(len(pending))
         for g, n_done in Counter(g for g, _ in pending).items():
-            image, blenders, left, scores = state[g]
-            left -= n_done
-            state[g] = (image, blenders, left, scores)
-            if left == 0:
-                del state[g]
+            scene = scenes[g]
+            scene.left -= n_done
+            if scene.left == 0:
+                del scenes[g]
+                if self.answer_note is None and len(scene.blenders[0].tiles) > 1:
+                    frame, _ = letterbox_image(Image.fromarray(scene.image.pixels), self.image_size)
+                    self._answer(scene, groups[g][1], self.model.see(frame[None].to(self.device)), 0)
                 yield [
-                    (index, self._prediction(image, question, blender, score))
-                    for (index, question), blender, score in zip(groups[g][1], blenders, scores, strict=True)
+                    (index, self._prediction(scene, q, question))
+                    for q, (index, question) in enumerate(groups[g][1])
                 ]
 
-    def _prediction(
-        self, image: LoadedImage, question: str, blender: TileBlender, target_score: float | None
-    ) -> Prediction:
+    def _answer(self, scene: _Scene, asked: list[tuple[int, str]], seen, row: int) -> None:
+        """The answer texts of ``scene``'s questions from the image pass ``seen``, row ``row``."""
+        questions = [question for _, question in asked]
+        index = torch.full((len(questions),), row, dtype=torch.long, device=self.device)
+        scene.answers[:] = self.model.answer_texts(seen, questions, index, self.options["answer_tokens"])
+
+    def _prediction(self, scene: _Scene, q: int, question: str) -> Prediction:
+        blender = scene.blenders[q]
         logits = blender.result()
         mask = logits > self.threshold
         probability = torch.from_numpy(logits).sigmoid_().numpy()  # in place: no second scene-sized array
         area = int(mask.sum())
+        image = scene.image
         pixel_m2 = image.geo.pixel_area_m2 if image.geo is not None else None
         return Prediction(
             question=question,
@@ -327,11 +348,23 @@ class Predictor:
             score=float(probability[mask].mean()) if area else 0.0,
             area_px=area,
             area_m2=None if pixel_m2 is None else area * pixel_m2,
-            answer=None,
+            answer=scene.answers[q],
             image=image,
             tiles=len(blender.tiles),
-            target_score=target_score,
+            target_score=scene.target_scores[q],
         )
+
+
+@dataclass
+class _Scene:
+    """An image in flight: one blender per question, tiles still to come, and per question the target decision's
+    largest score so far and the answer text."""
+
+    image: LoadedImage
+    blenders: list[TileBlender]
+    left: int
+    target_scores: list[float | None]
+    answers: list[str | None]
 
 
 def load_model(source: str | Path, device: str = "cpu", tracking_uri: str | None = None, **options: Any) -> Predictor:

@@ -21,6 +21,7 @@ from framework.core.model import ModelOutput, SegEarthModel, upsample_logits
 from framework.core.target import decide
 from framework.core.weights import FROZEN_KEY, MODEL_PREFIX, restore_frozen, slim_state
 from framework.data.transforms import box_mask
+from framework.eval.answers import answer_scores
 from framework.eval.image_blind import image_blind_see
 from framework.eval.metrics import ReasoningSegMetrics
 from framework.eval.postprocess import unletterbox
@@ -221,6 +222,7 @@ class SegEarthTask(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         out = self._evaluate(batch, "test")
+        rows = []
         for i in range(len(batch["question"])):
             row = {
                 "id": int(batch["id"][i]),
@@ -231,7 +233,14 @@ class SegEarthTask(L.LightningModule):
             # notes on each question: the read-out's (concept_choice: the concept that answered, in the first view)
             # and the target decision's probability
             row.update({name: values[i] for name, values in out.notes.items()})
-            self._rows.append(row)
+            rows.append(row)
+        tokens = self.config["predict"]["answer_tokens"]
+        if self.test_prefix == "test" and tokens and self.model.why_no_answer_text(self.config) is None:
+            seen = self.model.see(batch["image"])
+            said = self.model.answer_texts(seen, batch["question"], batch["image_index"], tokens)
+            for row, text, reference in zip(rows, said, batch["answer"], strict=True):
+                row["answer"], row["reference_answer"] = text, reference
+        self._rows.extend(rows)
 
     def on_test_epoch_start(self) -> None:
         self._rows = []
@@ -241,6 +250,8 @@ class SegEarthTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         values, samples = self._compute("test")
         rows = {r["id"]: r for part in self._gather(self._rows) for r in part}
+        said = [r for r in rows.values() if "answer" in r]
+        values.update(answer_scores([r["answer"] for r in said], [r["reference_answer"] for r in said]))
         per_sample = [
             {**rows[i], **{k: v[n] for k, v in samples.items() if k != "ids"}} for n, i in enumerate(samples["ids"])
         ]

@@ -36,7 +36,13 @@ def test_quick_suite_writes_every_section(tmp_path: Path) -> None:
                       "post-processing", "whole forward"]
     assert {row[1] for row in by_key["compression"]["rows"]} == {
         "none", "conv_stride 4", "conv_stride 16", "conv_stride 64", "avg_pool 16", "perceiver 64"}
-    assert {row[2] for row in by_key["questions"]["rows"]} >= {"1", "4", "16"}
+    asked = by_key["questions"]
+    assert {(row[1].rsplit(" ", 1)[0], row[3]) for row in asked["rows"]} == {
+        (where, n) for where in ("one image", "tiled scene") for n in (1, 16)}
+    counted = [t for t in asked["targets"] if "once per tile" in t["name"]]
+    assert len(counted) == 8 and all(t["met"] for t in counted)  # two models, two inputs, 1 and 16 questions
+    (scene,) = by_key["scene"]["rows"]
+    assert scene[1] == 121 and scene[3] > 0  # 2,000² in 256-px tiles overlapping by a quarter: 11 x 11
     deformable = by_key["deformable"]["data"]
     assert deformable["max_abs_difference"] < 1e-4 and deformable["copy_gbps"] > 0
     assert 0 < deformable["bandwidth_share"] == pytest.approx(

@@ -124,6 +124,40 @@ def test_batch_equals_single_samples() -> None:
             torch.testing.assert_close(batch.tokens[row, :length], single.tokens[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("template", "prefix_rows"),
+    [("Look: <image>, then answer:<question>[SEG] A:", 3),  # the visual tokens in the prefix: once per image
+     ("Answer this:<question>, looking at <image>[SEG] A:", 1),  # the prefix is text: once in all
+     ("Answer this:<question>[SEG] A:", 1)],  # no visual tokens
+)
+@pytest.mark.parametrize("pooling", ["mean", "last_token"])
+def test_the_prompt_before_the_question_runs_once_per_image_and_changes_nothing(
+    template: str, prefix_rows: int, pooling: str
+) -> None:
+    """7 questions about 3 images without gradients: the decoder runs once over the shared prefix (``prefix_rows``
+    rows) and once over the 7 rows' own positions, and gives the states of a pass over every whole prompt."""
+    llm = build(template=template, pooling=pooling, question_cache_size=0).eval()
+    visual = torch.randn(3, 4, llm.hidden_size) if "<image>" in template else None
+    questions = [f"{QUESTIONS[row % 3]}{' Say more.' * (row % 2)}" for row in range(7)]
+    image_index = torch.tensor([0, 0, 1, 2, 2, 2, 1])
+    calls = []
+    hook = llm.causal_lm.base_model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            shared = llm(questions, visual, None, image_index)
+    finally:
+        hook.remove()
+    whole = llm(questions, None if visual is None else visual[image_index])  # with gradients: one pass, no sharing
+    prefix = llm.prompt.layout(questions[0], 4).question_start
+    longest = max(llm.prompt_length(question, 4 if visual is not None else 0) for question in questions)
+    assert calls == [(prefix_rows, prefix), (7, longest - prefix)]
+    torch.testing.assert_close(shared.pooled, whole.pooled, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared.tokens, whole.tokens, rtol=1e-5, atol=1e-5)
+    assert torch.equal(shared.token_mask, whole.token_mask)
+
+
 def manual_lm_loss(llm: HFCausalLM, questions: list[str], visual: torch.Tensor, answers: list[str]) -> torch.Tensor:
     """Token-weighted mean cross-entropy over every answer-template token, from the full logits of each sample."""
     losses = []
@@ -301,7 +335,7 @@ def test_question_cache_serves_frozen_text_only_calls_and_never_stale_ones() -> 
     again = llm([QUESTIONS[2], QUESTIONS[0], QUESTIONS[2]])  # all hits, duplicates, another order
     torch.testing.assert_close(again.pooled, first.pooled[[2, 0, 2]], rtol=0, atol=0)
     with torch.no_grad():
-        uncached = llm._run(QUESTIONS, None, None)
+        uncached = llm._run(QUESTIONS, None, None, None)
     for field in ("pooled", "tokens", "token_mask"):
         assert torch.equal(getattr(first, field), getattr(uncached, field)), field
 
@@ -313,7 +347,7 @@ def test_question_cache_serves_frozen_text_only_calls_and_never_stale_ones() -> 
     changed = llm(QUESTIONS)
     assert not torch.allclose(changed.pooled, first.pooled)
     with torch.no_grad():
-        torch.testing.assert_close(changed.pooled, llm._run(QUESTIONS, None, None).pooled, rtol=0, atol=0)
+        torch.testing.assert_close(changed.pooled, llm._run(QUESTIONS, None, None, None).pooled, rtol=0, atol=0)
 
     llm.requires_grad_(True)
     trained = llm(QUESTIONS)
@@ -367,6 +401,44 @@ def test_real_smollm2_loads_from_gguf_then_cache_and_frames_questions(smollm2_ca
     boat_ship, boat_crops, ship_crops = similarity[0, 1], similarity[0, 2], similarity[1, 2]
     print(f"cosine boat~ship {boat_ship:.3f}, boat~crops {boat_crops:.3f}, ship~crops {ship_crops:.3f}")
     assert boat_ship > max(boat_crops, ship_crops) + 0.03  # measured 0.944 vs 0.879 / 0.878
+
+
+def test_generate_says_an_answer_it_was_taught_and_strips_the_template() -> None:
+    """A tiny LLM trained with the LM loss on two (visual tokens, question, answer) samples answers each with its
+    own text: greedy, cut at [SEG], the answer template's constant text removed."""
+    llm = build(answer_template=" Sure: <answer>[SEG].<eos>")
+    visual = torch.randn(2, 4, llm.hidden_size)
+    questions, answers = ["Where is the lake?", "Where is the road?"], ["The lake in the north.", "Two roads."]
+    optimiser = torch.optim.Adam(llm.parameters(), lr=3e-3)
+    for _ in range(150):
+        optimiser.zero_grad()
+        llm(questions, visual, answers).lm_loss.backward()
+        optimiser.step()
+    llm.eval()
+    assert llm.answers_in_words
+    assert llm.generate(questions, visual, max_new_tokens=40) == answers
+    assert llm.generate(questions[::-1], visual, torch.tensor([1, 0]), max_new_tokens=40) == answers[::-1]
+    assert len(llm.prompt.answer_text(encode(llm, " Sure: The lake in the north."))) == len(answers[0])
+    with pytest.raises(ConfigError, match="not trained to answer in words"):
+        build(answer_template=None).generate(questions, visual)
+
+
+@pytest.mark.slow
+def test_real_smollm2_generates_offline_as_transformers_generate_does(smollm2_cache) -> None:
+    """The real SmolLM2 (GGUF from the pip package, no hub): ``generate`` is greedy decoding with the key/value
+    cache, token for token what transformers' own ``generate`` returns for the same prompt."""
+    cache_dir, _ = smollm2_cache
+    template = "<|im_start|>user\n<question><|im_end|>\n<|im_start|>assistant\n"
+    llm = HFCausalLM(**SMOLLM2, cache_dir=cache_dir, template=template, answer_template="<answer><eos>").eval()
+    question = "What is the capital of France?"
+    text = llm.generate([question], max_new_tokens=24)[0]
+    ids = torch.tensor([llm.prompt.layout(question, 0).ids])
+    reference = llm.causal_lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24,
+                                       do_sample=False, eos_token_id=sorted(llm.prompt.stop_ids()),
+                                       pad_token_id=llm.tokenizer.pad_token_id)
+    assert text == llm.prompt.answer_text(reference[0, ids.shape[1] :].tolist())
+    print(f"\nSmolLM2: {text!r}")
+    assert "paris" in text.lower()  # a real model speaking, not a random one
 
 
 def test_golden_outputs() -> None:

@@ -47,6 +47,8 @@ def test_components_lists_every_slot(capsys):
 @pytest.mark.slow
 def test_fit_then_test_end_to_end(tmp_path, synth_root, mlflow_uri):
     cfg = tiny_config(data={"root": str(synth_root)}, output_dir=str(tmp_path / "runs"))
+    cfg["model"]["llm"] = {**cfg["model"]["llm"], "answer_template": " A: <answer><eos>"}  # the LM loss too
+    cfg["predict"] = {"answer_tokens": 8}
     cfg["tracking"] = {"experiment": "cli-e2e"}
     path = write_config(tmp_path / "tiny.yaml", cfg)
     assert main(["fit", str(path), "trainer.limit_train_batches=2"]) == 0
@@ -63,6 +65,10 @@ def test_fit_then_test_end_to_end(tmp_path, synth_root, mlflow_uri):
     assert metrics["n"] == len(list((synth_root / "test" / "QAs").iterdir()))
     assert 0 <= metrics["giou"] <= 1 and "test_shuffled" in results
     assert "floor: always predict empty" in (run / "results.md").read_text()
+    said = [sample for sample in results["test"]["samples"] if "answer" in sample]
+    assert len(said) == metrics["n"] == metrics["answer_n"] and 0 <= metrics["answer_f1"] <= 1
+    assert all(isinstance(s["answer"], str) and s["reference_answer"] for s in said)
+    assert "Answer text (" in (run / "results.md").read_text()
 
     client = mlflow.MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("cli-e2e")

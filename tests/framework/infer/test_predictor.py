@@ -101,6 +101,74 @@ def test_the_image_only_slots_run_once_per_image_for_all_its_questions(tmp_path)
                     "llm": [8, 8, 4], "projector": [8, 8, 4], "transformer decoder": [8, 8, 4]}
 
 
+@pytest.fixture(scope="module")
+def image_path_ckpt(tmp_path_factory) -> Path:
+    """A checkpoint of the tiny faithful data path: visual tokens in the prompt, a Mask2Former head."""
+    folder = tmp_path_factory.mktemp("image_path")
+    _, cfg = tiny_experiment(folder)
+    cfg["model"].update(TINY_IMAGE_PATH)
+    return write_checkpoint(cfg, folder / "image_path.ckpt")
+
+
+@pytest.mark.parametrize(("side", "questions", "tiles", "encoder_rows"), [(64, 1, 1, [1]), (64, 16, 1, [1]),
+                                                                        (150, 16, 9, [4, 4, 1])])
+def test_predict_profile_counts_the_image_parts_once_per_tile_for_all_questions(
+    image_path_ckpt, tmp_path, side, questions, tiles, encoder_rows
+):
+    """``segearth predict --profile``: the encoder, the compressor and the pixel decoder see every tile once (4 tiles
+    a batch), whatever the number of questions; the LLM, the projector and the mask decoder every (tile, question)
+    pair, 16 a batch; the seconds of each part are inside the predict seconds."""
+    image = tmp_path / "scene.png"
+    Image.fromarray(scene(side, side)).save(image)
+    asked = [arg for q in range(questions) for arg in ("--question", f"Where could thing {q} be?")]
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(image_path_ckpt), "--image", str(image), *asked, "--out", str(out),
+                 "--tile-size", "64", "--tile-batch", "4", "--batch-size", "16", "--no-progress", "--profile"]) == 0
+    profile = json.loads((out / "profile.json").read_text())
+    assert (profile["images"], profile["tiles"], profile["questions"]) == (1, tiles, questions)
+    parts = profile["parts"]
+    assert list(parts) == ["encoder", "compressor", "pixel decoder", "llm", "projector", "mask decoder"]
+    for name in ("encoder", "compressor", "pixel decoder"):
+        assert parts[name]["rows_per_call"] == encoder_rows
+    for name in ("llm", "projector", "mask decoder"):
+        assert parts[name]["rows"] == tiles * questions and max(parts[name]["rows_per_call"]) <= 16
+    assert profile["load_s"] > 0 and profile["write_s"] > 0
+    assert 0 < sum(part["seconds"] for part in parts.values()) < profile["predict_s"]
+
+
+def test_a_model_trained_to_answer_in_words_says_its_answer_and_others_say_why_not(tmp_path, capsys):
+    """With an answer template and ``loss.lm_weight`` > 0 each prediction carries the LLM's answer text: from the
+    image's own pass for a one-tile image, from the whole scene letterboxed into one frame for a tiled one; a model
+    without says why its answers are null."""
+    _, cfg = tiny_experiment(tmp_path, answer_template=" Sure: <answer>[SEG].<eos>")
+    cfg["model"].update({"compressor": TINY_IMAGE_PATH["compressor"],
+                         "llm": {**cfg["model"]["llm"], "template": TINY_IMAGE_PATH["llm"]["template"]}})
+    ckpt = write_checkpoint(cfg, tmp_path / "answers.ckpt")
+    predictor = load_model(ckpt, tile_size=64, answer_tokens=6)
+    assert predictor.answer_note is None
+    small, large = scene(64, 64), scene(150, 150)
+    questions = ["Where is the lake?", "Where is the road?"]
+    one, tiled = predictor.predict(small, questions), predictor.predict(large, questions)
+    assert tiled[0].tiles == 9
+    with torch.inference_mode():
+        for pixels, predictions in ((small, one), (large, tiled)):
+            frame, _ = letterbox_image(Image.fromarray(pixels), predictor.image_size)
+            said = predictor.model.answer_texts(predictor.model.see(frame[None]), questions, torch.zeros(2).long(), 6)
+            assert [p.answer for p in predictions] == said and all(isinstance(text, str) for text in said)
+
+    out = tmp_path / "out"
+    image = tmp_path / "small.png"
+    Image.fromarray(small).save(image)
+    assert main(["predict", "--model", str(ckpt), "--image", str(image), "--question", questions[0], "--out",
+                 str(out), "--no-progress"]) == 0
+    assert json.loads((out / "predictions.jsonl").read_text())["answer"] is not None
+
+    cfg["loss"]["lm_weight"] = 0.0
+    silent = Predictor(SegEarthModel(cfg["model"]), cfg)
+    assert silent.answer_note == "this model was not trained to answer in words (loss.lm_weight is 0): answers are null"
+    assert silent.predict(small, questions[0]).answer is None
+
+
 def test_georeferenced_area_in_square_metres(model, tmp_path):
     path = write_geotiff(tmp_path / "s.tif", scene(64, 96))
     result = model.predict(str(path), QUESTIONS[1])
