@@ -63,13 +63,14 @@ def unusable(url: str, exc: BaseException) -> UserError:
 
 def _connection_error(exc: BaseException | None) -> BaseException | None:
     """The error in ``exc``'s chain of causes that says the database was unreachable or dropped the connection
-    (Optuna raises its ``StorageInternalError`` from SQLAlchemy's), or None."""
+    (Optuna raises its ``StorageInternalError`` from SQLAlchemy's), or None. A session whose connection died in a
+    transaction refuses its next statement until it is rolled back (``PendingRollbackError``); Optuna rolls it back
+    as it raises, so that too is a lost connection to wait out."""
     import sqlalchemy
 
+    lost = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.PendingRollbackError)
     while exc is not None:
-        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)) or (
-            isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
-        ):
+        if isinstance(exc, lost) or (isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated):
             return exc
         exc = exc.__cause__
     return None

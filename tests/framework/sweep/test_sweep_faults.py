@@ -153,7 +153,9 @@ def test_database_restarts_mid_sweep_lose_and_repeat_no_trial(tmp_path, synth_ro
     output = log.read_text()
     trials = sorted(_trials(watcher, study), key=lambda t: t.number)
     states = {t.number: (t.state.name, t.user_attrs.get("error")) for t in trials}
-    assert [t.number for t in trials] == [0, 1, 2], states
+    failed = {log.parent.name: log.read_text()[-4000:] for log in trial_dir.glob("trial-*/fit.log")
+              if "Traceback" in log.read_text()}  # what a failed job said, for the assertion's message
+    assert [t.number for t in trials] == [0, 1, 2], (states, failed)
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials), states
     assert not any("failed_trial" in t.system_attrs for t in trials), states  # no live trial failed as stale
     params = [tuple(sorted(t.params.items())) for t in trials]
