@@ -57,7 +57,7 @@ def run(models: dict[str, tuple[object, dict, str]], quick: bool) -> Section:
     with tempfile.TemporaryDirectory() as folder:
         for name, (model, config, family) in models.items():
             size = config["data"]["image_size"]
-            predictor = Predictor(model, config, batch_size=16)
+            predictor = Predictor(model, config, batch_size=16, answer_tokens=0)  # the masks only
             inputs = {}
             for label, side in (("one image", size), ("tiled scene", size * 3 // 2)):
                 inputs[label] = Path(folder) / f"{label.replace(' ', '_')}_{side}.png"

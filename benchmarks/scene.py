@@ -51,7 +51,7 @@ def run(model, config: dict[str, Any], quick: bool) -> Section:
     )
     with tempfile.TemporaryDirectory() as folder:
         path, written = timed(lambda: write_scene(Path(folder) / "scene.tif", side))
-        predictor = Predictor(model, config)
+        predictor = Predictor(model, config, answer_tokens=0)  # the masks only
         warm = Path(folder) / "warm.tif"
         write_scene(warm, config["data"]["image_size"] * 2)
         write_predictions(predictor, [(warm, QUESTION)], Path(folder) / "out", profile={})

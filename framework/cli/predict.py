@@ -20,8 +20,6 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     predictor = load_model_of(args)
     profile = {"load_s": round(time.perf_counter() - started, 6)} if args.profile else None
-    if predictor.answer_note:
-        print(f"note: {predictor.answer_note}", file=sys.stderr)
     rows = write_predictions(predictor, pairs, out, sys.stderr.isatty() and not args.no_progress, profile)
     for row in rows:
         where = f", {row['area_m2']:,.0f} m²" if row["area_m2"] is not None else ""
@@ -29,6 +27,8 @@ def run(args: argparse.Namespace) -> None:
         said = f": {row['answer']!r}" if row["answer"] is not None else ""
         print(f"{row['image']}: {row['question']!r} -> {answer}{said}")
     print(f"wrote {len(rows)} prediction(s) to {out} (predictions.jsonl{', profile.json' if args.profile else ''})")
+    if predictor.answer_note:
+        print(f"note: {predictor.answer_note}", file=sys.stderr)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -31,17 +31,22 @@ def resample_to_original(
     if not len(boxes) == len(original_sizes) == maps.shape[0]:
         raise ValueError(f"{maps.shape[0]} maps, {len(boxes)} boxes and {len(original_sizes)} original sizes")
     frame = maps.shape[-2] if frame_size is None else frame_size
-    out = []
-    for one, box, (height, width) in zip(maps, boxes, original_sizes):
-        top, left, box_h, box_w = (float(v) for v in box)
+    # maps of one geometry (box and native size: every inner tile of a scene) share one grid and one call
+    groups: dict[tuple, list[int]] = {}
+    for row, (box, size) in enumerate(zip(boxes, original_sizes, strict=True)):
+        groups.setdefault((tuple(float(v) for v in box), tuple(int(v) for v in size)), []).append(row)
+    out: list[torch.Tensor] = [maps[0]] * maps.shape[0]
+    for ((top, left, box_h, box_w), (height, width)), rows in groups.items():
         # normalised frame coordinates (align_corners=False) of the original pixel centres
         ys = 2 * (top + (torch.arange(height, dtype=torch.float64) + 0.5) * box_h / height) / frame - 1
         xs = 2 * (left + (torch.arange(width, dtype=torch.float64) + 0.5) * box_w / width) / frame - 1
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).to(maps.device, torch.float32)
         sampled = F.grid_sample(
-            one[None, None].float(), grid[None], mode="bilinear", padding_mode="border", align_corners=False
+            maps[rows, None].float(), grid[None].expand(len(rows), -1, -1, -1), mode="bilinear",
+            padding_mode="border", align_corners=False,
         )
-        out.append(sampled[0, 0])
+        for k, row in enumerate(rows):
+            out[row] = sampled[k, 0]
     return out
 
 

@@ -295,7 +295,7 @@ class Predictor:
             seen = self.model.see(to_view(batch, view))  # once per tile, for every question of its image
             if v == 0 and self.answer_note is None:  # the identity view: a one-tile image's answer text
                 for row, (g, _) in enumerate(pending):
-                    if scenes[g].left == 1:
+                    if len(scenes[g].blenders[0].tiles) == 1:
                         self._answer(scenes[g], groups[g][1], seen, row)
             for chunk, mean in zip(chunks, means, strict=True):
                 rows = torch.tensor([row for row, _ in chunk], device=self.device)

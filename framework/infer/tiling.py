@@ -54,7 +54,8 @@ def axis_window(size: int, ramp: int, taper_start: bool, taper_end: bool) -> np.
 class TileBlender:
     """Accumulates weighted tile logits into one float32 [H,W] map; ``result()`` divides by the summed weights.
 
-    ``tile``: tile side in pixels (clipped to the scene), ``overlap``: pixels shared by neighbouring tiles.
+    ``tile``: tile side in pixels (clipped to the scene), ``overlap``: pixels shared by neighbouring tiles;
+    ``tiles``: the row-major grid of ``Tile`` s.
     """
 
     def __init__(self, height: int, width: int, tile: int, overlap: int) -> None:
@@ -71,11 +72,8 @@ class TileBlender:
             axis_window(self.tile_w, overlap, j > 0, j < len(self.cols) - 1) for j in range(len(self.cols))
         ]
         self._sum = np.zeros((height, width), dtype=np.float32)
-
-    @property
-    def tiles(self) -> list[Tile]:
-        """Row-major grid of tiles."""
-        return [Tile(top, left, self.tile_h, self.tile_w) for top in self.rows for left in self.cols]
+        # row-major grid of tiles, made once: callers index it per tile (a scene may have thousands)
+        self.tiles = [Tile(top, left, self.tile_h, self.tile_w) for top in self.rows for left in self.cols]
 
     def add(self, index: int, logits: np.ndarray) -> None:
         """Add the float [tile_h,tile_w] logits of tile number ``index`` (in ``tiles`` order)."""

@@ -93,7 +93,7 @@ def test_dihedral_tta_makes_the_prediction_rotate_with_the_image(tiny_model):
             assert torch.allclose(seen, to_view(tta, view), atol=1e-5)
             alone = averaged_output(tiny_model, to_view(images, view), questions, None, "none").mask_logits
             assert not torch.allclose(alone, to_view(plain, view), atol=1e-3)  # the model alone is not invariant
-    assert torch.equal(plain, tiny_model(images, questions).mask_logits)
+        assert torch.equal(plain, tiny_model(images, questions).mask_logits)
 
 
 def test_predictor_with_tta_is_the_evaluators_tta(tmp_path):

@@ -18,6 +18,7 @@ from shapely.geometry import box, shape
 from framework.cli.main import main
 from framework.core.errors import DataError
 from framework.core.model import SegEarthModel
+from framework.core.slot_clock import SlotClock
 from framework.data.transforms import letterbox_image
 from framework.eval.postprocess import unletterbox_probabilities
 from framework.infer.predictor import Predictor, load_model
@@ -148,8 +149,12 @@ def test_a_model_trained_to_answer_in_words_says_its_answer_and_others_say_why_n
     assert predictor.answer_note is None
     small, large = scene(64, 64), scene(150, 150)
     questions = ["Where is the lake?", "Where is the road?"]
-    one, tiled = predictor.predict(small, questions), predictor.predict(large, questions)
+    one = predictor.predict(small, questions)
+    with SlotClock() as clock:
+        tiled = predictor.predict(large, questions)
     assert tiled[0].tiles == 9
+    # the 9 tiles 4 at a time, then the whole scene once for the answers: said once per question
+    assert clock.rows()["encoder"] == [4, 4, 1, 1] and clock.rows()["answer text"] == [2]
     with torch.inference_mode():
         for pixels, predictions in ((small, one), (large, tiled)):
             frame, _ = letterbox_image(Image.fromarray(pixels), predictor.image_size)
