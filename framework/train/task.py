@@ -20,6 +20,7 @@ from torch import nn
 from framework.core.model import ModelOutput, SegEarthModel, upsample_logits
 from framework.core.target import decide
 from framework.core.weights import FROZEN_KEY, MODEL_PREFIX, restore_frozen, slim_state
+from framework.data.augment import Geometry
 from framework.data.transforms import box_mask
 from framework.eval.answers import answer_scores
 from framework.eval.image_blind import image_blind_see
@@ -235,8 +236,12 @@ class SegEarthTask(L.LightningModule):
             row.update({name: values[i] for name, values in out.notes.items()})
             rows.append(row)
         tokens = self.config["predict"]["answer_tokens"]
-        if self.test_prefix == "test" and tokens and self.model.why_no_answer_text(self.config) is None:
-            seen = self.model.see(batch["image"])
+        answering = self.test_prefix in ("test", "test_image_blind")  # the shuffled control's references moved too
+        if answering and tokens and self.model.why_no_answer_text(self.config) is None:
+            if "foreign_image" in batch:  # the image-blind control: another image's visual tokens
+                seen = image_blind_see(self.model, batch["foreign_image"])(batch["image"], Geometry())
+            else:
+                seen = self.model.see(batch["image"])
             said = self.model.answer_texts(seen, batch["question"], batch["image_index"], tokens)
             for row, text, reference in zip(rows, said, batch["answer"], strict=True):
                 row["answer"], row["reference_answer"] = text, reference

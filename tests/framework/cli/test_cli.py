@@ -67,6 +67,7 @@ def test_fit_then_test_end_to_end(tmp_path, synth_root, mlflow_uri):
     assert "floor: always predict empty" in (run / "results.md").read_text()
     said = [sample for sample in results["test"]["samples"] if "answer" in sample]
     assert len(said) == metrics["n"] == metrics["answer_n"] and 0 <= metrics["answer_f1"] <= 1
+    assert "answer_f1" not in results["test_shuffled"]["metrics"]  # the shuffled control moved its references too
     assert all(isinstance(s["answer"], str) and s["reference_answer"] for s in said)
     assert "Answer text (" in (run / "results.md").read_text()
 

@@ -95,8 +95,10 @@ def test_foreign_images_are_a_derangement_of_the_split_images(scenes):
 @pytest.mark.parametrize("visual_tokens", [True, False], ids=["visual tokens", "text only"])
 def test_segearth_test_reports_the_control_for_models_with_visual_tokens(tmp_path, scenes, visual_tokens):
     cfg = tiny_config(data={"root": str(scenes)}, output_dir=str(tmp_path / "runs"))
-    if visual_tokens:
+    if visual_tokens:  # the faithful data path, answering in words too
         cfg["model"].update(TINY_IMAGE_PATH)
+        cfg["model"]["llm"] = {**cfg["model"]["llm"], "answer_template": " A: <answer><eos>"}
+        cfg["predict"] = {"answer_tokens": 4}
     cfg["tracking"] = {"enabled": False}
     path = write_config(tmp_path / "tiny.yaml", cfg)
     assert main(["test", str(path), "--out", str(tmp_path / "out"), "--no-shuffled"]) == 0
@@ -108,6 +110,9 @@ def test_segearth_test_reports_the_control_for_models_with_visual_tokens(tmp_pat
         blind, true = results["test_image_blind"], results["test"]
         assert blind["metrics"]["n"] == true["metrics"]["n"]
         assert [s["id"] for s in blind["samples"]] == [s["id"] for s in true["samples"]]
+        for result in (blind, true):  # what the LLM says with another image's tokens is scored as well
+            assert result["metrics"]["answer_n"] == result["metrics"]["n"]
+            assert all(isinstance(s["answer"], str) for s in result["samples"])
         assert main(["test", str(path), "--out", str(tmp_path / "off"), "--no-shuffled", "--no-image-blind"]) == 0
         assert "test_image_blind" not in json.loads((tmp_path / "off" / "results.json").read_text())
 
