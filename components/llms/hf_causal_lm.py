@@ -238,32 +238,41 @@ class HFCausalLM(LanguageModel):
         """The greedy answer text to each of ``questions`` (B strings; ``visual_tokens`` [U,N,D] and
         ``image_index`` [B] as in ``forward``): at most ``max_new_tokens`` tokens after the prompt, stopped at eos
         or ``[SEG]``, the answer template's constant text removed. A ConfigError without an answer template (the
-        model was never taught an answer's form)."""
+        model was never taught an answer's form).
+
+        The rows decode together: the right-padded prompts run once with the key/value cache, then each step feeds
+        every unfinished row its last token at its own position, the padding masked, so a row's text is the one
+        it gets alone."""
         if not self.prompt.has_answer:
             raise ConfigError("llm.answer_template is null: this LLM was not trained to answer in words")
         num_visual = 0 if visual_tokens is None else visual_tokens.shape[1]
         if visual_tokens is not None and self.visual_gate is not None:
             visual_tokens = visual_tokens * torch.tanh(self.visual_gate)
-        stops = self.prompt.stop_ids()
-        texts = []
-        for row, question in enumerate(questions):
-            layout = self._layout(question, num_visual, None)
-            ids = torch.tensor([layout.ids], device=self.device)
-            image_mask = torch.zeros_like(ids, dtype=torch.bool)
-            image_mask[0, layout.image_positions] = True
-            source = row if image_index is None else int(image_index[row])
-            tokens = None if visual_tokens is None else visual_tokens[source : source + 1]
-            out = self.causal_lm(inputs_embeds=self._embed(ids, image_mask, tokens), use_cache=True, logits_to_keep=1)
-            generated: list[int] = []
-            while len(generated) < max_new_tokens:
-                token = int(out.logits[0, -1].argmax())
-                generated.append(token)
-                if token in stops or len(layout.ids) + len(generated) >= (self.max_positions or float("inf")):
-                    break
-                out = self.causal_lm(input_ids=torch.tensor([[token]], device=self.device), cache=out.cache,
-                                     use_cache=True, logits_to_keep=1)
-            texts.append(self.prompt.answer_text(generated))
-        return texts
+        layouts = [self._layout(question, num_visual, None) for question in questions]
+        batch = collate(layouts, self.tokenizer.pad_token_id, self.device)
+        rows = torch.arange(len(questions), device=self.device) if image_index is None else image_index
+        tokens = None if visual_tokens is None else visual_tokens[rows]
+        out = self.causal_lm.base_model(inputs_embeds=self._embed(batch.input_ids, batch.image_mask, tokens),
+                                        attention_mask=batch.attention_mask, use_cache=True)
+        head = self.causal_lm.get_output_embeddings()
+        logits = head(out.last_hidden_state[torch.arange(len(questions), device=self.device), batch.last_index])
+        lengths = batch.last_index + 1
+        mask, cache = batch.attention_mask, out.cache
+        limit = min(max_new_tokens, (self.max_positions or 1 << 30) - int(lengths.max()))
+        stops = torch.tensor(sorted(self.prompt.stop_ids()), device=self.device)
+        generated = torch.empty(len(questions), 0, dtype=torch.long, device=self.device)
+        done = torch.zeros(len(questions), dtype=torch.bool, device=self.device)
+        for step in range(max(limit, 1)):
+            token = logits.argmax(-1)
+            generated = torch.cat([generated, token[:, None]], dim=1)
+            done |= torch.isin(token, stops)
+            if bool(done.all()) or step + 1 >= limit:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.causal_lm.base_model(input_ids=token[:, None], attention_mask=mask, cache=cache,
+                                            position_ids=(lengths + step)[:, None], use_cache=True)
+            cache, logits = out.cache, head(out.last_hidden_state[:, -1])
+        return [self.prompt.answer_text(row.tolist()) for row in generated]
 
     def _layout(self, question: str, num_visual_tokens: int, answer: str | None) -> PromptLayout:
         layout = self.prompt.layout(question, num_visual_tokens, answer)

@@ -418,6 +418,10 @@ def test_generate_says_an_answer_it_was_taught_and_strips_the_template() -> None
     assert llm.answers_in_words
     assert llm.generate(questions, visual, max_new_tokens=40) == answers
     assert llm.generate(questions[::-1], visual, torch.tensor([1, 0]), max_new_tokens=40) == answers[::-1]
+    # prompts of different lengths decode together as each does alone (padding masked, positions per row)
+    mixed = ["Where is the lake?", "Where is the long winding road along the river, by the bridge?", "Lake?"]
+    together = llm.generate(mixed, visual, torch.tensor([0, 1, 0]), max_new_tokens=12)
+    assert together == [llm.generate([q], visual[v : v + 1], max_new_tokens=12)[0] for q, v in zip(mixed, (0, 1, 0))]
     assert len(llm.prompt.answer_text(encode(llm, " Sure: The lake in the north."))) == len(answers[0])
     with pytest.raises(ConfigError, match="not trained to answer in words"):
         build(answer_template=None).generate(questions, visual)
