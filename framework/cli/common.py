@@ -23,6 +23,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", choices=("none", "flips", "dihedral"), help="test-time augmentation: mean logits of "
                         "4 or 8 flipped/turned views (default: predict.tta)")
     parser.add_argument("--batch-size", type=int, default=8, help="(tile, question) pairs per forward pass")
+    parser.add_argument("--answer-tokens", type=int, help="a model trained to answer in words: most tokens of its "
+                        "answer text, 0 for masks only (default: predict.answer_tokens)")
     parser.add_argument("--target-threshold", type=float, help="a model with a target decision: answers below this "
                         "target probability are \"no target\" (default: the model config's eval.target_threshold)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -36,5 +38,5 @@ def load_model_of(args: argparse.Namespace) -> Any:
     return load_model(
         args.model, device=args.device, tracking_uri=args.uri, batch_size=args.batch_size, tiling=args.tiling,
         tile_size=args.tile_size, overlap=args.overlap, tile_batch=args.tile_batch, tta=args.tta,
-        target_threshold=args.target_threshold,
+        answer_tokens=args.answer_tokens, target_threshold=args.target_threshold,
     )

@@ -167,6 +167,10 @@ def test_a_model_trained_to_answer_in_words_says_its_answer_and_others_say_why_n
     assert main(["predict", "--model", str(ckpt), "--image", str(image), "--question", questions[0], "--out",
                  str(out), "--no-progress"]) == 0
     assert json.loads((out / "predictions.jsonl").read_text())["answer"] is not None
+    assert main(["predict", "--model", str(ckpt), "--image", str(image), "--question", questions[0], "--out",
+                 str(out), "--no-progress", "--answer-tokens", "0"]) == 0
+    assert json.loads((out / "predictions.jsonl").read_text())["answer"] is None
+    assert "predict.answer_tokens is 0: answers are null" in capsys.readouterr().err
 
     cfg["loss"]["lm_weight"] = 0.0
     silent = Predictor(SegEarthModel(cfg["model"]), cfg)
