@@ -241,8 +241,8 @@ class HFCausalLM(LanguageModel):
         model was never taught an answer's form).
 
         The rows decode together: the right-padded prompts run once with the key/value cache, then each step feeds
-        every unfinished row its last token at its own position, the padding masked, so a row's text is the one
-        it gets alone."""
+        every row its last token at its own position, the padding masked, until every row has stopped, so a row's
+        text is the one it gets alone."""
         if not self.prompt.has_answer:
             raise ConfigError("llm.answer_template is null: this LLM was not trained to answer in words")
         num_visual = 0 if visual_tokens is None else visual_tokens.shape[1]
@@ -324,7 +324,7 @@ class HFCausalLM(LanguageModel):
     def _embed(self, ids: torch.Tensor, image_mask: torch.Tensor, visual_tokens: torch.Tensor | None) -> torch.Tensor:
         """Input embeddings of ``ids`` [R,T] with ``visual_tokens`` [R,N,D] (gated) at ``image_mask`` [R,T]."""
         embeds = self.causal_lm.get_input_embeddings()(ids)
-        if visual_tokens is None or not image_mask.any():
+        if visual_tokens is None:
             return embeds
         return embeds.masked_scatter(image_mask.unsqueeze(-1), visual_tokens.to(embeds.dtype))
 

@@ -228,11 +228,8 @@ class SegEarthModel(nn.Module):
         name, for read-outs that train on them."""
         index = check_image_index(image_index, len(questions), seen.images, seen.features[0].device)
         rows = len(questions)
-        with part("llm", rows):
-            if seen.visual_tokens is None:
-                llm_out = self.llm(questions, None, answers)
-            else:  # each image's visual tokens once: the LLM may run their shared prompt prefix once per image
-                llm_out = self.llm(questions, seen.visual_tokens, answers, image_index=index)
+        with part("llm", rows):  # each image's visual tokens once: the LLM may run their shared prefix once
+            llm_out = self.llm(questions, seen.visual_tokens, answers, image_index=index)
         with part("projector", rows):
             queries = self.projector(llm_out, [take_rows(f, index) for f in seen.features])
         with part("mask decoder", rows):

@@ -34,15 +34,13 @@ class PartTally:
 
 class SlotClock:
     """``with SlotClock() as clock: ...`` then ``clock.parts`` (part name -> ``PartTally``) or ``clock.summary()``.
-    Clocks nest: an inner one counts only its own block, the outer one everything."""
+    Inside another clock's block, the innermost clock counts."""
 
     def __init__(self) -> None:
         self.parts: dict[str, PartTally] = {}
-        self._outer: SlotClock | None = None
         self._token: contextvars.Token | None = None
 
     def __enter__(self) -> SlotClock:
-        self._outer = _RUNNING.get()
         self._token = _RUNNING.set(self)
         return self
 
@@ -53,8 +51,6 @@ class SlotClock:
         tally = self.parts.setdefault(name, PartTally())
         tally.rows.append(rows)
         tally.seconds += seconds
-        if self._outer is not None:
-            self._outer.add(name, rows, seconds)
 
     def rows(self) -> dict[str, list[int]]:
         """Per part seen, the batch rows of each call."""
