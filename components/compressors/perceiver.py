@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from components._attention import PerceiverFusion, sine_position_encoding_2d
+from components._attention import PerceiverFusion
 from framework.core.contracts import Compressor
 from framework.core.errors import ConfigError
+from framework.core.positions import sine_position_encoding_2d
 from framework.core.registry import COMPRESSORS
 
 

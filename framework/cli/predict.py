@@ -23,7 +23,9 @@ def run(args: argparse.Namespace) -> None:
     rows = write_predictions(predictor, pairs, out, sys.stderr.isatty() and not args.no_progress, profile)
     for row in rows:
         where = f", {row['area_m2']:,.0f} m²" if row["area_m2"] is not None else ""
-        answer = "no target" if row["no_target"] else f"{row['area_px']} px{where}, score {row['score']:.2f}"
+        count = len(row["targets"])
+        answer = "no target" if row["no_target"] else (
+            f"{count} target{'' if count == 1 else 's'}, {row['area_px']} px{where}, score {row['score']:.2f}")
         said = f": {row['answer']!r}" if row["answer"] is not None else ""
         print(f"{row['image']}: {row['question']!r} -> {answer}{said}")
     print(f"wrote {len(rows)} prediction(s) to {out} (predictions.jsonl{', profile.json' if args.profile else ''})")

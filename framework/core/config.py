@@ -94,6 +94,9 @@ class LossSchema:
     presence_weight: float = 0.0  # image-level BCE on each mask's largest logit (framework/train/losses.py); 0 = reference
     competition_weight: float = 0.0  # per-pixel softmax across the questions of one image (framework/train/losses.py)
     concept_query_weight: float = 1.0  # concept read-outs: MSE of the projector's query to its concept's query
+    # the targets read-out: its matched queries' masks (BCE + Dice) and every query's objectness (framework/train/matching.py)
+    target_mask_weight: float = 5.0
+    target_score_weight: float = 2.0
 
 
 @dataclass
@@ -137,6 +140,9 @@ class PredictSchema:
     tile_batch: int = 4  # tiles encoded at once: bounds memory together with the scene-sized output
     tta: str = "none"  # "none" | "flips" | "dihedral": each tile seen in 4 or 8 views, mean logits (framework/eval/tta.py)
     answer_tokens: int = 32  # most tokens of the answer text (greedy) of a model trained with the LM loss; 0: none
+    # an answer's targets (predict and the per-target metric of test): "auto" = the model's target queries when it
+    # has them (one-tile images), else the connected regions of the answer mask; "regions" = always the regions
+    targets: str = "auto"
 
 
 @dataclass
@@ -295,6 +301,7 @@ def with_defaults(cfg: dict | DictConfig, source: str = "saved config") -> dict:
 
 
 TTA_MODES = ("none", "flips", "dihedral")  # the views of each: framework/eval/tta.py
+TARGET_MODES = ("auto", "regions")
 TILING_MODES = ("auto", "always", "never")
 QUESTION_MODES = ("all", "first")
 BAD_SAMPLE_MODES = ("error", "skip")
@@ -373,6 +380,7 @@ def check_predict(options: dict[str, Any]) -> None:
     _at_least("predict.tile_batch", options["tile_batch"], 1)
     _choice("predict.tta", options["tta"], TTA_MODES)
     _at_least("predict.answer_tokens", options["answer_tokens"], 0)
+    _choice("predict.targets", options["targets"], TARGET_MODES)
 
 
 def _check_optim(cfg: dict[str, Any]) -> None:

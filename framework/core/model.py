@@ -18,7 +18,7 @@ from torch import nn
 
 import components  # noqa: F401  (registers every component)
 from framework.core.errors import ConfigError
-from framework.core.readout import READOUTS
+from framework.core.readout import READOUTS, TargetsReadout
 from framework.core.registry import SLOT_REGISTRIES
 from framework.core.rows import ImagePass, check_image_index, take_rows
 from framework.core.slot_clock import part
@@ -58,7 +58,10 @@ def check_model_config(model_cfg: dict[str, Any]) -> None:
             raise ConfigError(f"model.{spec.name} is missing")
         _, component = split_slot_config(spec.name, cfg)
         SLOT_REGISTRIES[spec.name].check(component, dict.fromkeys(spec.injected), where=f"model.{spec.name}")
-    READOUTS.check(model_cfg.get("readout") or dict(DEFAULT_READOUT), {"query_dim": None}, where="model.readout")
+    READOUTS.check(
+        model_cfg.get("readout") or dict(DEFAULT_READOUT), {"query_dim": None, "feature_channels": None},
+        where="model.readout",
+    )
     if model_cfg.get("target_decision"):
         TARGETS.check(model_cfg["target_decision"], where="model.target_decision")
 
@@ -85,7 +88,9 @@ class ModelOutput:
     """``mask_logits`` [B,H/s,W/s] (the answer mask per question), ``aux_logits``: deep-supervision predictions of
     the same shape, ``output_stride`` s, ``image_index`` [B] (the image each question asked about; rows with equal
     values share one), ``lm_loss`` or None, and what the read-out adds: ``terms`` (training loss terms, each
-    weighted by ``loss.<name>_weight``) and ``notes`` (per-question annotations, e.g. ``routed``: concept names)."""
+    weighted by ``loss.<name>_weight``), ``notes`` (per-question annotations, e.g. ``routed``: concept names) and,
+    for a read-out with target queries (``targets``), ``target_logits`` [B,K,H/s,W/s] (one mask per target query) and
+    ``target_scores`` [B,K] (their objectness logits)."""
 
     mask_logits: torch.Tensor
     aux_logits: list[torch.Tensor]
@@ -94,6 +99,8 @@ class ModelOutput:
     lm_loss: torch.Tensor | None = None
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: dict[str, list] = field(default_factory=dict)
+    target_logits: torch.Tensor | None = None
+    target_scores: torch.Tensor | None = None
 
 
 class SegEarthModel(nn.Module):
@@ -141,7 +148,8 @@ class SegEarthModel(nn.Module):
             out_dim=self.mask_head.query_dim,
         )
         self.readout = READOUTS.build(
-            model_cfg.get("readout") or dict(DEFAULT_READOUT), where="model.readout", query_dim=self.mask_head.query_dim
+            model_cfg.get("readout") or dict(DEFAULT_READOUT), where="model.readout",
+            query_dim=self.mask_head.query_dim, feature_channels=channels,
         )
         decision = model_cfg.get("target_decision")
         self.target_decision = TARGETS.build(decision, where="model.target_decision") if decision else None
@@ -164,6 +172,11 @@ class SegEarthModel(nn.Module):
         for slot in self.frozen_slots:
             getattr(self, slot).eval()  # dropout / DropPath never run on a frozen part
         return self
+
+    @property
+    def has_target_queries(self) -> bool:
+        """Whether the read-out has target queries (several targets per question)."""
+        return isinstance(self.readout, TargetsReadout)
 
     @property
     def max_stride(self) -> int:
@@ -242,6 +255,8 @@ class SegEarthModel(nn.Module):
             lm_loss=llm_out.lm_loss,
             terms=read.terms,
             notes=read.notes,
+            target_logits=read.target_masks,
+            target_scores=read.target_scores,
         )
 
     def why_no_answer_text(self, config: dict[str, Any]) -> str | None:

@@ -1,11 +1,16 @@
 """Read-outs: how the mask head is asked and its answers become one mask per question (``model.readout``).
 
-A read-out gets the mask head, the ``ImagePass`` of the U distinct images, each question's ``image_index`` [B], the
+A read-out is built with ``query_dim`` and the encoder's ``feature_channels`` per level; it gets the mask head, the ``ImagePass`` of the U distinct images, each question's ``image_index`` [B], the
 projector's ``queries`` [B,Q,D] and, in training, each sample's concept name; it returns ``Readout``: the mask
 logits [B,h,w] with their deep-supervision predictions, and what it adds to the training loss and to each row.
 
 - ``query`` (the reference's): the head is asked with the projector's queries; Q > 1 queries are combined by
   max (their union).
+- ``targets``: as ``query`` for the answer mask (the union of the question's targets), and besides it K target
+  queries: the projector's query plus K learned embeddings, refined by ``layers`` rounds of attention to the
+  encoder's map at ``level`` (with 2-D sine positions) and to each other, each decoded by the head into one target's
+  mask and scored by a linear objectness logit. Training matches them to the ground-truth instances (Hungarian,
+  ``framework.train.matching``); outside training a target is a query whose objectness probability is above 0.5.
 - ``concept_teacher``: one learned query per named concept (``concepts``). In training the head is asked with
   the sample's concept query instead of the projector's, so the head and these queries learn a segmenter with one
   query per concept, and the projector learns to reproduce its concept's query (term ``concept_query``: MSE, the
@@ -21,6 +26,7 @@ Measured effects of the concept read-outs: docs/results/dubai.md.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +35,7 @@ from torch import nn
 
 from framework.core.contracts import MaskHead, MaskHeadOutput
 from framework.core.errors import ConfigError, DataError
+from framework.core.positions import sine_position_encoding_2d
 from framework.core.registry import Registry
 from framework.core.rows import ImagePass, map_tensors, take_rows
 
@@ -44,6 +51,22 @@ class Readout:
     aux: list[torch.Tensor]
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: dict[str, list] = field(default_factory=dict)
+    target_masks: torch.Tensor | None = None  # [B,K,h,w] logits: one mask per target query (``targets``)
+    target_scores: torch.Tensor | None = None  # [B,K] objectness logits of those queries
+
+
+TARGET_PROBABILITY = 0.5  # a target query is a target when its objectness probability is above this
+
+
+def chosen_targets(scores: torch.Tensor, answered: torch.Tensor) -> list[torch.Tensor]:
+    """Per row of objectness logits ``scores`` [B,K], the indices of its target queries that are targets, most
+    probable first (none in a row not ``answered`` [B] bool: decided "no target")."""
+    probability = scores.float().sigmoid()
+    chosen = []
+    for row, keep in zip(probability, answered.tolist(), strict=True):
+        order = row.argsort(descending=True)
+        chosen.append(order[row[order] > TARGET_PROBABILITY] if keep else order[:0])
+    return chosen
 
 
 def _rows(head: MaskHead, seen: ImagePass, index: torch.Tensor, queries: torch.Tensor) -> MaskHeadOutput:
@@ -59,7 +82,7 @@ def _union(masks: torch.Tensor) -> torch.Tensor:
 class QueryReadout(nn.Module):
     """The head asked with the projector's queries; several queries per question give their union (max)."""
 
-    def __init__(self, query_dim: int) -> None:
+    def __init__(self, query_dim: int, feature_channels: list[int]) -> None:
         super().__init__()
 
     def forward(
@@ -72,7 +95,7 @@ class QueryReadout(nn.Module):
 class _ConceptReadout(nn.Module):
     """One learned query per concept (``concepts``), the projector's teacher in training."""
 
-    def __init__(self, query_dim: int, concepts: list[str]) -> None:
+    def __init__(self, query_dim: int, feature_channels: list[int], concepts: list[str]) -> None:
         super().__init__()
         if not concepts or len(set(concepts)) != len(concepts) or not all(isinstance(c, str) and c for c in concepts):
             raise ConfigError(f"model.readout.concepts: {concepts!r} must be a list of distinct, non-empty names")
@@ -105,6 +128,84 @@ class _ConceptReadout(nn.Module):
     def check_single(queries: torch.Tensor) -> None:
         if queries.shape[1] != 1:
             raise ConfigError(f"model.readout: concepts need a projector that makes one query, not {queries.shape[1]}")
+
+
+class _TargetLayer(nn.Module):
+    """Pre-norm: queries += attention(queries + pos -> memory + pos); += self-attention; += MLP."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(3))
+        self.cross = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.itself = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, queries: torch.Tensor, memory: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        x = self.norms[0](queries)
+        queries = queries + self.cross(x, memory + position, memory, need_weights=False)[0]
+        x = self.norms[1](queries)
+        queries = queries + self.itself(x, x, x, need_weights=False)[0]
+        return queries + self.mlp(self.norms[2](queries))
+
+
+@READOUTS.register("targets")
+class TargetsReadout(QueryReadout):
+    """The union mask as ``query``, plus ``targets`` target queries with their masks and objectness logits (module
+    docstring). ``level``: the encoder level the target queries attend to (negative counts from the coarsest)."""
+
+    def __init__(
+        self, query_dim: int, feature_channels: list[int], targets: int = 16, level: int = -2, layers: int = 2,
+        heads: int = 4,
+    ) -> None:
+        super().__init__(query_dim, feature_channels)
+        if targets < 1 or layers < 0:
+            raise ConfigError(f"model.readout: targets must be >= 1 and layers >= 0, got {targets} and {layers}")
+        if not -len(feature_channels) <= level < len(feature_channels):
+            raise ConfigError(f"model.readout.level: {level} out of range for {len(feature_channels)} encoder levels")
+        if query_dim % heads or query_dim % 4:
+            raise ConfigError(f"model.readout: query_dim {query_dim} must be divisible by heads {heads} and by 4")
+        self.level = level
+        self.embeddings = nn.Parameter(torch.randn(targets, query_dim) * 0.02)
+        self.memory = nn.Conv2d(feature_channels[level], query_dim, kernel_size=1)
+        self.layers = nn.ModuleList(_TargetLayer(query_dim, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(query_dim)
+        self.objectness = nn.Linear(query_dim, 1)
+        self.where = nn.Linear(query_dim, query_dim)  # a target query's weights over the grid's Fourier features
+        nn.init.normal_(self.where.weight, std=0.02 / math.sqrt(query_dim))
+        nn.init.zeros_(self.where.bias)
+
+    def forward(
+        self, head: MaskHead, seen: ImagePass, index: torch.Tensor, queries: torch.Tensor, concepts: list[str] | None
+    ) -> Readout:
+        union = super().forward(head, seen, index, queries, concepts)
+        memory = self.memory(seen.features[self.level])  # once per image, then gathered to the questions
+        h, w = memory.shape[-2:]
+        position = sine_position_encoding_2d(h, w, memory.shape[1], memory.device, memory.dtype)
+        memory = take_rows(memory.flatten(2).transpose(1, 2), index)  # [B,h*w,D]
+        targets = queries.mean(dim=1, keepdim=True) + self.embeddings  # [B,K,D]
+        for layer in self.layers:
+            targets = layer(targets, memory, position)
+        targets = self.norm(targets)
+        masks = _rows(head, seen, index, targets).masks
+        # the head's masks are the same wherever two instances look alike; a query's own map of the grid picks one
+        h, w = masks.shape[-2:]
+        grid = fourier_grid(h, w, self.where.out_features, masks.device, masks.dtype)
+        union.target_masks = masks + torch.einsum("bkd,hwd->bkhw", self.where(targets), grid)
+        union.target_scores = self.objectness(targets)[..., 0]
+        return union
+
+
+def fourier_grid(h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Fourier features of an h x w grid [h,w,dim] (dim divisible by 4): sin and cos of y and of x, each at dim/4
+    frequencies from one period over the grid to one per 4 cells, spaced geometrically; unit variance per feature."""
+    quarter = dim // 4
+    highest = max(1.0, min(h, w) / 4)
+    freqs = highest ** (torch.arange(quarter, device=device, dtype=torch.float32) / max(1, quarter - 1))
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 * math.pi
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
+    y = (ys[:, None] * freqs)[:, None, :].expand(h, w, quarter)
+    x = (xs[:, None] * freqs)[None, :, :].expand(h, w, quarter)
+    return (torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=-1) * math.sqrt(2)).to(dtype)
 
 
 @READOUTS.register("concept_teacher")

@@ -180,8 +180,9 @@ def _applied_geometry(applied: list[tuple[str, dict[str, Any]]]) -> Geometry:
 
 
 class QuestionAwareAugment:
-    """Augments one native sample: ``image`` uint8 [H,W,3] and ``mask`` bool [H,W] in, the same out (H and W
-    swap after an odd quarter turn), with the question and answer rewritten to the new geometry.
+    """Augments one native sample: ``image`` uint8 [H,W,3] and ``mask`` [H,W] in, either bool or uint8 instance
+    ids (0 = not a target; nearest neighbour keeps every id an id), the same out in the same dtype (H and W swap
+    after an odd quarter turn), with the question and answer rewritten to the new geometry.
 
     Every random draw comes from ``seed``, so equal seeds give equal samples. A zoom or shift that would crop the
     whole target away leaves the sample as it was (``keep_target``) or returns the empty mask.
@@ -248,13 +249,13 @@ class QuestionAwareAugment:
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, question: str, answer: str, seed: int
     ) -> tuple[np.ndarray, np.ndarray, str, str]:
-        """(image uint8 [H',W',3], mask bool [H',W'], question, answer) after one random draw."""
+        """(image uint8 [H',W',3], mask [H',W'] in ``mask``'s dtype, question, answer) after one random draw."""
         pipeline = self._pipeline(question, answer)
         # One shared generator pair: Compose.set_random_seed gives every transform its own generator seeded
         # alike, so equal probabilities would fire together (both flips or neither).
         pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
         out = pipeline(image=image, mask=mask.astype(np.uint8))
-        new_mask = out["mask"].astype(bool)
+        new_mask = out["mask"].astype(mask.dtype)
         if self.keep_target and mask.any() and not new_mask.any():
             return image, mask, question, answer
         geometry = _applied_geometry(out["applied_transforms"])

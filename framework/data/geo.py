@@ -1,5 +1,5 @@
-"""Georeferenced rasters with rasterio: GeoTIFF in (bands and scaling as ``data.bands`` / ``data.scale``), mask
-GeoTIFF and GeoJSON polygons out, in the input's coordinate reference system (CRS) and pixel grid.
+"""Georeferenced rasters with rasterio: GeoTIFF in (bands and scaling as ``data.bands`` / ``data.scale``), mask (or
+target id) GeoTIFF and GeoJSON polygons out, in the input's coordinate reference system (CRS) and pixel grid.
 
 Every file is written under a temporary name in its folder and renamed when complete (``atomic_output``), so an
 error never leaves a half-written output behind.
@@ -90,17 +90,21 @@ def read_geotiff(path: Path, bands: list[int] | None, scale: str | float) -> tup
     return pixels, GeoReference(transform=transform, crs=crs)
 
 
-def write_mask_geotiff(path: Path, mask: np.ndarray, geo: GeoReference) -> Path:
-    """bool [H,W] -> single-band uint8 GeoTIFF (1 = answer, 0 = not) on the input's grid and CRS."""
+def write_mask_geotiff(
+    path: Path, mask: np.ndarray, geo: GeoReference, colours: dict[int, tuple[int, int, int, int]] = MASK_COLOURS
+) -> Path:
+    """bool [H,W] mask (1 = answer, 0 = not) or uint8 / uint16 [H,W] label map (e.g. target ids) -> single-band
+    GeoTIFF of that type on the input's grid and CRS; GIS viewers show each value in ``colours`` (value -> RGBA)."""
     import rasterio
 
-    height, width = mask.shape
+    values = mask.astype(np.uint8) if mask.dtype == bool else mask
+    height, width = values.shape
     profile = {
         "driver": "GTiff",
         "height": height,
         "width": width,
         "count": 1,
-        "dtype": "uint8",
+        "dtype": values.dtype.name,
         "transform": geo.transform,
         "compress": "deflate",
     }
@@ -110,48 +114,65 @@ def write_mask_geotiff(path: Path, mask: np.ndarray, geo: GeoReference) -> Path:
         profile |= {"tiled": True, "blockxsize": 512, "blockysize": 512}
     with atomic_output(path) as temporary:
         with rasterio.open(temporary, "w", **profile) as dst:
-            dst.write(mask.astype(np.uint8), 1)
-            dst.write_colormap(1, MASK_COLOURS)
+            dst.write(values, 1)
+            dst.write_colormap(1, colours)
     return path
 
 
-def mask_polygons(mask: np.ndarray, geo: GeoReference) -> list[tuple[dict, float]]:
-    """The mask's connected regions (8-connected) as (valid GeoJSON polygon or multipolygon in CRS coordinates, area
+def mask_regions(mask: np.ndarray, geo: GeoReference) -> list[tuple[Any, float]]:
+    """The mask's connected regions (8-connected) as (valid shapely polygon or multipolygon in CRS coordinates, area
     in pixels). A region whose pixels touch only at a corner comes out of the tracing as a ring that touches itself,
     which GIS tools reject: it is split at that corner (``make_valid``; the area is unchanged)."""
     from rasterio.features import shapes
     from shapely import make_valid
-    from shapely.geometry import mapping, shape
+    from shapely.geometry import shape
 
     pixel_area = abs(geo.transform.determinant)
     regions = []
     for geometry, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=8, transform=geo.transform):
         polygon = shape(geometry)
         polygon = polygon if polygon.is_valid else make_valid(polygon)
-        regions.append((mapping(polygon), float(polygon.area / pixel_area)))
+        regions.append((polygon, float(polygon.area / pixel_area)))
     return regions
 
 
-def mask_geojson(mask: np.ndarray, geo: GeoReference, properties: dict[str, Any]) -> dict:
-    """A GeoJSON FeatureCollection: one polygon feature per connected region of ``mask`` with ``properties``
-    plus the region's ``area_px`` (and ``area_m2`` in a metric CRS). Coordinates are in the input's CRS, named
-    in a ``crs`` member when it has an EPSG code (read by GDAL/QGIS; RFC 7946 readers assume WGS 84). An empty
-    mask is one feature without geometry (RFC 7946's unlocated feature) whose properties say ``no_target``."""
-    pixel_m2 = geo.pixel_area_m2
-    features = []
-    for geometry, area_px in mask_polygons(mask, geo):
-        region = {"area_px": round(area_px)}
-        if pixel_m2 is not None:
-            region["area_m2"] = round(area_px * pixel_m2, 3)
-        features.append({"type": "Feature", "geometry": geometry, "properties": {**properties, **region}})
+def _feature(geometry: dict, properties: dict[str, Any], area_px: float, pixel_m2: float | None) -> dict:
+    """A GeoJSON feature with ``properties`` plus ``area_px`` (and ``area_m2`` in a metric CRS)."""
+    area = {"area_px": round(area_px)}
+    if pixel_m2 is not None:
+        area["area_m2"] = round(area_px * pixel_m2, 3)
+    return {"type": "Feature", "geometry": geometry, "properties": {**properties, **area}}
+
+
+def _collection(features: list[dict], properties: dict[str, Any], geo: GeoReference) -> dict:
+    """A FeatureCollection of ``features`` (none: one unlocated ``no_target`` feature with ``properties``), its CRS
+    named when it has an EPSG code."""
     if not features:
-        features.append({"type": "Feature", "geometry": None, "properties": {**properties, "no_target": True,
-                                                                             "area_px": 0}})
+        features = [{"type": "Feature", "geometry": None, "properties": {**properties, "no_target": True,
+                                                                         "area_px": 0}}]
     collection: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     epsg = geo.crs.to_epsg() if geo.crs is not None else None
     if epsg is not None:
         collection["crs"] = {"type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}}
     return collection
+
+
+def targets_geojson(targets: list[tuple[np.ndarray, dict[str, Any]]], geo: GeoReference,
+                    properties: dict[str, Any]) -> dict:
+    """A GeoJSON FeatureCollection with one feature per target (non-empty bool [H,W] mask, its own properties): all
+    the target's regions (``mask_regions``) as one valid (Multi)Polygon, with ``properties`` updated by the target's
+    own, plus its ``area_px`` (and ``area_m2`` in a metric CRS). Coordinates are in the input's CRS, named in a
+    ``crs`` member when it has an EPSG code (read by GDAL/QGIS; RFC 7946 readers assume WGS 84). No targets: one
+    feature without geometry (RFC 7946's unlocated feature) whose properties say ``no_target``."""
+    from shapely import unary_union
+    from shapely.geometry import mapping
+
+    pixel_m2 = geo.pixel_area_m2
+    features = []
+    for mask, own in targets:
+        polygons, areas = zip(*mask_regions(mask, geo), strict=True)
+        features.append(_feature(mapping(unary_union(polygons)), {**properties, **own}, sum(areas), pixel_m2))
+    return _collection(features, properties, geo)
 
 
 def write_json(path: Path, data: Any) -> Path:

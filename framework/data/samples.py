@@ -12,6 +12,10 @@ warning says so). Under ``'error'`` nothing is ever returned in place of a bad s
 ``augment`` (None except on a training split, where the data module sets it): each item is augmented on its
 native pixels, before letterboxing, so the mask goes through exactly the geometry of the image; the random
 draw is seeded from torch's generator, which ``seed_everything`` and the data loader's worker seeding fix.
+
+Instances: a sample's target may be several objects (each building, each field). ``Sample.instances`` names an
+id map of them (0 = not a target, 1..n one id per instance); without one the mask is a single instance. The id
+map goes through the augmentation and letterboxing in place of the mask, so the mask is always ids > 0.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from torch.utils.data import Dataset, default_collate
 from framework.core.config import BAD_SAMPLE_MODES, QUESTION_MODES
 from framework.core.errors import ConfigError, DataError
 from framework.data.augment import QuestionAwareAugment
-from framework.data.images import check_bands, check_scale, read_image, read_mask
+from framework.data.images import check_bands, check_scale, decode, read_image, read_mask
 from framework.data.transforms import letterbox_image, letterbox_mask
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,30 @@ class MaskFile:
         return str(self.path)
 
 
+class InstanceSource(Protocol):
+    """Where a sample's instance id map comes from; ``str()`` names it in error messages."""
+
+    def read(self) -> np.ndarray:
+        """uint8 [H,W]: 0 = not a target, 1..n = one id per target instance."""
+        ...
+
+
+@dataclass(frozen=True)
+class InstanceFile:
+    """An 8-bit single-band image (greyscale, or palette indices) whose values are the instance ids."""
+
+    path: Path
+
+    def read(self) -> np.ndarray:
+        data = decode(self.path).array
+        if data.ndim != 2 or data.dtype != np.uint8:
+            raise DataError(f"{self}: an instance map must be 8-bit single-band, got {data.dtype} {data.shape}")
+        return np.array(data)  # a writable copy: torch.from_numpy warns on read-only arrays
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
 @dataclass(frozen=True)
 class Sample:
     stem: str  # names the image in reports; samples that share an image share it
@@ -68,6 +96,7 @@ class Sample:
     answer: str  # NO_TARGET_ANSWER when nothing is the target; "" when the format has no answer text
     has_target: bool
     concept: str  # "" when the format names none
+    instances: InstanceSource | None = None  # None: the mask is one target instance
 
     @property
     def image_file(self) -> str:
@@ -90,10 +119,11 @@ def first_question_only(samples: list[Sample]) -> list[Sample]:
 
 class SampleDataset(Dataset):
     """Base of the registered formats. Items: ``image`` [3,S,S] float in [0,1] letterboxed, ``mask`` [S,S] uint8
-    {0,1}, ``box`` (top, left, h, w) of the image in the frame, ``question``, ``answer``, ``id`` (= index),
-    ``stem``, ``concept``, ``native_mask`` (bool [H0,W0], the mask at the image's own size) and ``image_key`` (equal
-    for items whose ``image`` is the same: the same file, with the same augmentation draw); batch them with
-    ``collate``."""
+    {0,1}, ``instances`` [S,S] uint8 (letterboxed instance ids, 0 outside the image; ``mask`` == ``instances`` > 0),
+    ``box`` (top, left, h, w) of the image in the frame, ``question``, ``answer``, ``id`` (= index), ``stem``,
+    ``concept``, ``native_mask`` (bool [H0,W0], the mask at the image's own size), ``native_instances`` (uint8
+    [H0,W0], the ids at that size) and ``image_key`` (equal for items whose ``image`` is the same: the same file,
+    with the same augmentation draw); batch them with ``collate``."""
 
     def __init__(
         self,
@@ -161,6 +191,25 @@ class SampleDataset(Dataset):
             raise DataError(f"{sample.mask}: the sample has no target (empty answer) but the label is not empty")
         return image, mask
 
+    def load_instances(self, sample: Sample, mask: np.ndarray) -> np.ndarray:
+        """uint8 [H,W] instance ids of ``sample``, whose mask (``load``) is ``mask`` bool [H,W]: the mask itself as
+        id 1 without an instance source; an id map of another size, or whose ids > 0 are not the mask, is a
+        DataError naming its file."""
+        if sample.instances is None:
+            return mask.astype(np.uint8)
+        ids = sample.instances.read()
+        if ids.shape != mask.shape:
+            raise DataError(
+                f"{sample.instances}: instance map is {ids.shape[1]}x{ids.shape[0]}, "
+                f"label is {mask.shape[1]}x{mask.shape[0]} ({sample.mask})"
+            )
+        if not np.array_equal(ids > 0, mask):
+            raise DataError(
+                f"{sample.instances}: instance ids > 0 differ from the label's mask at "
+                f"{int(((ids > 0) != mask).sum())} pixels ({sample.mask})"
+            )
+        return ids
+
     def _read_image(self, path: Path) -> np.ndarray:
         """The image's pixels. The last image read is kept, read-only, so that consecutive samples of one image
         (the questions of a grouped training item; evaluation, which lists an image's questions together) decode
@@ -177,19 +226,24 @@ class SampleDataset(Dataset):
         with one seed get the same geometry and colours), by default it comes from torch's generator."""
         sample = self.samples[index]
         image, mask = self.load(sample)
+        instances = self.load_instances(sample, mask)
         question, answer = sample.question, sample.answer
         # samples of one image file share the letterboxed image unless augmented differently
         image_key = sample.image_file
         if self.augment is not None:
             seed = int(torch.randint(2**31, (1,))) if augment_seed is None else augment_seed
             image_key = f"{image_key}#{seed}"
-            image, mask, question, answer = self.augment(image, mask, question, answer, seed)
+            # the id map moves through the geometry in the mask's place: the mask stays ids > 0
+            image, instances, question, answer = self.augment(image, instances, question, answer, seed)
+            mask = instances > 0
             if sample.has_target and sample.answer and not mask.any():  # cropped away (augment.keep_target: false)
                 answer = NO_TARGET_ANSWER
         pixels, box = letterbox_image(Image.fromarray(image), self.image_size)
+        frame_instances = letterbox_mask(instances, self.image_size)  # nearest neighbour: ids stay ids
         return {
             "image": pixels,
-            "mask": letterbox_mask(mask, self.image_size),
+            "mask": (frame_instances > 0).to(torch.uint8),
+            "instances": frame_instances,
             "box": torch.tensor(box),
             "question": question,
             "answer": answer,
@@ -197,6 +251,7 @@ class SampleDataset(Dataset):
             "stem": sample.stem,
             "concept": sample.concept,
             "native_mask": torch.from_numpy(mask),  # bool [H0,W0] as trained on; sizes differ: collated as a list
+            "native_instances": torch.from_numpy(instances),  # uint8 [H0,W0], likewise a list
             "image_key": image_key,
         }
 
@@ -224,9 +279,11 @@ class SampleDataset(Dataset):
 def collate(items: list[dict]) -> dict:
     """A batch of B questions about U distinct images: ``image`` [U,3,S,S] (each distinct image once, in order of
     first occurrence), ``image_index`` [B] (the image each question asks about: items with equal ``image_key``
-    share one), ``native_mask`` a list of B tensors (their sizes differ), everything else ``default_collate``'d.
+    share one), ``native_mask`` and ``native_instances`` lists of B tensors (their sizes differ), everything else
+    ``default_collate``'d (``instances`` [B,S,S] uint8 like ``mask``).
     Items of the image-blind control carry a ``foreign_image`` per image: batched [U,3,S,S] beside ``image``."""
     native = [item.pop("native_mask") for item in items]
+    native_instances = [item.pop("native_instances") for item in items]
     keys = [item.pop("image_key") for item in items]
     pixels = [item.pop("image") for item in items]
     foreign = [item.pop("foreign_image") for item in items] if "foreign_image" in items[0] else None
@@ -240,4 +297,5 @@ def collate(items: list[dict]) -> dict:
         batch["foreign_image"] = torch.stack([foreign[position] for position in first.values()])
     batch["image_index"] = torch.tensor([order[key] for key in keys])
     batch["native_mask"] = native
+    batch["native_instances"] = native_instances
     return batch

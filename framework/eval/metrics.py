@@ -5,11 +5,18 @@ gIoU = mean_i iou_i; cIoU = Σ I_i / Σ U_i; Pr@t = share of samples with iou_i 
 The counts are exact integers per sample, kept with the sample's id: under DDP, the distributed sampler's
 padding repeats samples, and a repeated id is counted once. Masks of different sizes (each image at its native
 resolution) go in one ``update`` each.
+
+Several targets per question (``TargetMetrics``, as SegEarth-R2 evaluates: per ground-truth mask): the predicted
+targets of a sample are matched one-to-one to its ground-truth instances by the largest total IoU (Hungarian);
+``target_giou`` is the mean over every ground-truth instance of the split of its matched IoU (0 when unmatched),
+``target_count_acc`` the share of samples with as many predicted targets as instances.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 from torchmetrics import Metric
 
 PR_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -51,6 +58,21 @@ def summarize(inter: torch.Tensor, union: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def first_per_id(metric: Metric, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The per-sample states ``names`` of ``metric`` (lists of tensors, or tensors once synced; ``ids`` first)
+    concatenated, sorted by id, each id kept once (DDP padding repeats samples)."""
+    data = {}
+    for name in names:
+        value = getattr(metric, name)
+        if isinstance(value, list):
+            value = torch.cat(value) if value else torch.zeros(0, dtype=torch.long, device=metric.device)
+        data[name] = value
+    order = torch.argsort(data["ids"], stable=True)
+    first = torch.ones_like(order, dtype=torch.bool)
+    first[1:] = data["ids"][order][1:] != data["ids"][order][:-1]
+    return {name: value[order[first]] for name, value in data.items()}
+
+
 class ReasoningSegMetrics(Metric):
     """gIoU / cIoU / Pr@t, plus the trivial floors and empty-target accuracy of the same samples.
 
@@ -76,19 +98,7 @@ class ReasoningSegMetrics(Metric):
             getattr(self, key).append(value)
 
     def _gathered(self) -> dict[str, torch.Tensor]:
-        def cat(x: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
-            if isinstance(x, torch.Tensor):
-                return x
-            return torch.cat(x) if x else torch.zeros(0, dtype=torch.long, device=self.device)
-
-        data = {k: cat(getattr(self, k)) for k in ("ids", "inter", "union", "target_area", "pred_area", "valid_area")}
-        # keep the first occurrence of every id (DDP padding repeats samples)
-        order = torch.argsort(data["ids"], stable=True)
-        ids_sorted = data["ids"][order]
-        first = torch.ones_like(ids_sorted, dtype=torch.bool)
-        first[1:] = ids_sorted[1:] != ids_sorted[:-1]
-        keep = order[first]
-        return {k: v[keep] for k, v in data.items()}
+        return first_per_id(self, ("ids", "inter", "union", "target_area", "pred_area", "valid_area"))
 
     def compute(self) -> dict[str, float]:
         d = self._gathered()
@@ -119,3 +129,65 @@ class ReasoningSegMetrics(Metric):
             d = self._gathered()
         iou = iou_per_sample(d["inter"], d["union"])
         return {**{k: v.tolist() for k, v in d.items()}, "iou": iou.tolist()}
+
+
+def hungarian(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) [min(K,G)] of the one-to-one assignment of least total ``cost`` [K,G] (scipy's)."""
+    rows, columns = linear_sum_assignment(cost.detach().float().cpu().numpy())
+    return torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(columns.astype(np.int64))
+
+
+def matched_ious(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each ground-truth instance's IoU [G] with the prediction matched to it, predictions bool [P,H,W] and instances
+    bool [G,H,W] assigned one-to-one by the largest total IoU; 0 for an instance left unmatched (P < G)."""
+    ious = torch.zeros(target.shape[0], dtype=torch.float64)
+    if pred.shape[0] == 0 or target.shape[0] == 0:
+        return ious
+    p, t = pred.flatten(1).double(), target.flatten(1).double()
+    inter = p @ t.T
+    union = p.sum(1, keepdim=True) + t.sum(1)[None] - inter
+    iou = (inter / union.clamp(min=1)).cpu()
+    rows, columns = hungarian(-iou)
+    ious[columns] = iou[rows, columns]
+    return ious
+
+
+class TargetMetrics(Metric):
+    """Per-target matched IoU (module docstring). ``update(preds, targets, ids)``: per sample, its predicted target
+    masks bool [P_i,H,W] and its ground-truth instances bool [G_i,H,W]; ``compute()``: ``target_giou``,
+    ``target_count_acc`` and ``n_targets`` (instances counted); ``per_sample()``: ids, ``targets`` (G_i),
+    ``predicted_targets`` (P_i) and ``target_iou_sum`` per sample."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("ids", "targets", "predicted_targets", "target_iou_sum"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: list[torch.Tensor], targets: list[torch.Tensor], ids: torch.Tensor) -> None:
+        sums = [float(matched_ious(p, t).sum()) for p, t in zip(preds, targets, strict=True)]
+        self.ids.append(ids.long().reshape(-1))
+        self.targets.append(torch.tensor([t.shape[0] for t in targets], dtype=torch.long, device=self.device))
+        self.predicted_targets.append(torch.tensor([p.shape[0] for p in preds], dtype=torch.long, device=self.device))
+        self.target_iou_sum.append(torch.tensor(sums, dtype=torch.float64, device=self.device))
+
+    def _gathered(self) -> dict[str, torch.Tensor]:
+        return first_per_id(self, ("ids", "targets", "predicted_targets", "target_iou_sum"))
+
+    def compute(self) -> dict[str, float]:
+        d = self._gathered()
+        total = int(d["targets"].sum())
+        return {
+            "target_giou": float(d["target_iou_sum"].sum()) / total if total else float("nan"),
+            "target_count_acc": (d["targets"] == d["predicted_targets"]).double().mean().item()
+            if len(d["ids"]) else float("nan"),
+            "n_targets": total,
+        }
+
+    def per_sample(self) -> dict[str, list]:
+        """Per-sample ids and counts of every process (deduplicated, sorted by id). Under DDP every process must
+        call it."""
+        with self.sync_context():
+            d = self._gathered()
+        return {k: v.tolist() for k, v in d.items()}

@@ -1,5 +1,6 @@
 """Prediction overlays for reading an evaluation by eye: the image at its native resolution with the ground truth
-outlined in green, the prediction filled translucent red and outlined, and the question in a band below."""
+outlined in green, the prediction filled translucent red and outlined (or, for an answer of several targets, each
+target in its own colour of ``PALETTE``), and the question in a band below."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ PRED_COLOUR = (255, 0, 0)
 PRED_FILL_ALPHA = 0.4
 CAPTION_COLOUR = (255, 255, 255)
 CAPTION_MARGIN = 4
+# distinct on aerial imagery and to most colour-blind readers (Trubetskoy's list of 20, first 8)
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
+
+
+def hex_rgb(colour: str) -> tuple[int, int, int]:
+    """``#rrggbb`` -> (r, g, b)."""
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def palette_rgb(index: int) -> tuple[int, int, int]:
+    """The RGB of the ``index``-th colour of ``PALETTE`` (it repeats past its end)."""
+    return hex_rgb(PALETTE[index % len(PALETTE)])
 
 
 def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -39,17 +52,26 @@ def _wrap(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, max_wid
     return lines
 
 
+def _coloured(prediction: np.ndarray) -> list[tuple[np.ndarray, tuple[int, int, int]]]:
+    """(bool [H,W] region, its RGB colour) to draw for ``render_overlay``'s ``prediction``."""
+    if prediction.dtype == bool:
+        return [(prediction, PRED_COLOUR)]
+    return [(prediction == k, palette_rgb(k - 1)) for k in np.unique(prediction) if k]
+
+
 def render_overlay(
     image: np.ndarray, target: np.ndarray | None, prediction: np.ndarray, caption: str
 ) -> Image.Image:
     """uint8 [H,W,3] image, bool [H,W] target (None: no ground truth, as in ``segearth predict``) and prediction
-    -> RGB image [H + caption band, W]."""
+    -> RGB image [H + caption band, W]. ``prediction`` is a bool mask, drawn red, or the integer id map [H,W] of an
+    answer's targets (0 = none, k = target k), target k drawn in ``palette_rgb(k - 1)``."""
     height, width = prediction.shape
     line = max(1, round(min(height, width) / 256))  # outlines stay visible on large images
     pixels = image.astype(np.float32)
-    pixels[prediction] = (1 - PRED_FILL_ALPHA) * pixels[prediction] + PRED_FILL_ALPHA * np.array(PRED_COLOUR)
+    for region, colour in _coloured(prediction):  # regions are disjoint: each one's fill and outline are its own
+        pixels[region] = (1 - PRED_FILL_ALPHA) * pixels[region] + PRED_FILL_ALPHA * np.array(colour)
+        pixels[outline(region, line)] = colour
     pixels = pixels.round().astype(np.uint8)
-    pixels[outline(prediction, line)] = PRED_COLOUR
     if target is not None:
         pixels[outline(target, line)] = GT_COLOUR  # drawn last: the reference stays readable where both meet
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 Box = Sequence[int] | torch.Tensor  # (top, left, height, width) of the image inside the frame, in frame pixels
 
@@ -71,3 +73,23 @@ def unletterbox_probabilities(
     """Mask logits [B,h,w] in the letterboxed frame -> B probability maps [H0_i,W0_i] in [0,1]: the sigmoid of
     the resampled logits, so ``p > 0.5`` is exactly ``unletterbox``'s mask."""
     return [m.sigmoid() for m in resample_to_original(logits, boxes, original_sizes, frame_size)]
+
+
+def disjoint_masks(masks: list[torch.Tensor], within: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """Target masks bool [H,W], most probable first, as a partition of part of their answer's mask ``within`` bool
+    [H,W]: (index in ``masks``, its own pixels) of each target that keeps pixels inside ``within`` that no earlier
+    target has; a target left with none is dropped."""
+    taken = ~within
+    kept = []
+    for index, mask in enumerate(masks):
+        own = mask & ~taken
+        if own.any():
+            taken = taken | own
+            kept.append((index, own))
+    return kept
+
+
+def region_labels(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The connected regions (8-connected) of a bool mask [H,W]: (labels int32 [H,W], 0 = none, 1..n; n)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return labels, int(count)

@@ -54,6 +54,7 @@ def results_table(results: dict[str, Any], cfg: dict[str, Any]) -> str:
         lines.append(f"Answer text ({int(metrics['answer_n'])} answers against the reference answers, normalised): "
                      f"exact match {metrics['answer_exact']:.3f}, token F1 {metrics['answer_f1']:.3f}.")
     if split == "test":
+        lines.append(targets_table(results["test"]["samples"]))
         lines.append(concept_table(results["test"]["samples"]))
     return "\n".join(lines).rstrip()
 
@@ -90,4 +91,32 @@ def concept_table(samples: list[dict[str, Any]]) -> str:
         if routed:
             cells.append(f"{sum(r['routed'] == concept for r in rows)}/{len(rows)}")
         lines.append(f"| {concept} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_table(samples: list[dict[str, Any]]) -> str:
+    """For a model with target queries: union gIoU / cIoU, per-target matched gIoU (the mean over ground-truth
+    instances of each one's matched IoU) and the share of samples with the right count of targets, for the samples
+    with several instances, with one, and all with a target (empty when the model has no target queries)."""
+    if not samples or "targets" not in samples[0]:
+        return ""
+    groups = {
+        "several targets (>= 2 instances)": [s for s in samples if s["targets"] >= 2],
+        "one target": [s for s in samples if s["targets"] == 1],
+        "every sample with a target": [s for s in samples if s["targets"] >= 1],
+    }
+    lines = ["", "| samples | n | instances | union gIoU | union cIoU | per-target matched gIoU | count right |",
+             "|---|---|---|---|---|---|---|"]
+    for label, rows in groups.items():
+        if not rows:
+            continue
+        instances = sum(r["targets"] for r in rows)
+        union = sum(r["union"] for r in rows)
+        cells = [
+            str(len(rows)), str(instances), _fmt(sum(r["iou"] for r in rows) / len(rows)),
+            _fmt(sum(r["inter"] for r in rows) / union if union else float("nan")),
+            _fmt(sum(r["target_iou_sum"] for r in rows) / instances),
+            _fmt(sum(r["targets"] == r["predicted_targets"] for r in rows) / len(rows)),
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,5 +1,8 @@
 """The files of ``segearth predict``: images + questions in, per sample a mask PNG, an overlay PNG and (for
-georeferenced inputs) a mask GeoTIFF and GeoJSON polygons, plus one ``predictions.jsonl``.
+georeferenced inputs) a mask GeoTIFF and GeoJSON polygons, plus one ``predictions.jsonl``. Each answer's targets
+(``Prediction.targets``) are written as their id map (``<stem>_targets.png``, and ``<stem>_targets.tif`` for a
+georeferenced input; pixel value i + 1 = target i of the row's ``targets``, 0 = none), one GeoJSON feature per
+target, and an overlay with each target in its own colour.
 
 Inputs: one image with its questions (``--image IMG --question Q``, repeatable), or a manifest (``.csv`` with
 a header, or ``.jsonl``; fields ``image`` and ``question``, paths relative to the manifest) or a folder of images
@@ -30,8 +33,9 @@ from PIL import Image
 
 from framework.core.errors import DataError, UserError
 from framework.core.slot_clock import SlotClock
-from framework.data.geo import mask_geojson, write_json, write_mask_geotiff
-from framework.eval.overlays import render_overlay
+from framework.data.geo import GeoReference, targets_geojson, write_json, write_mask_geotiff
+from framework.eval.overlays import palette_rgb, render_overlay
+from framework.infer.predictor import PredictedTarget, Prediction
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 OVERLAY_MAX_SIDE = 2048  # overlays of larger scenes are downscaled (the masks and GeoTIFFs keep full size)
@@ -94,38 +98,74 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read ({exc})") from None
 
 
-def _overlay(prediction) -> Image.Image:
-    pixels, mask = prediction.image.pixels, prediction.mask
-    height, width = mask.shape
+def target_ids(targets: list[PredictedTarget], shape: tuple[int, int]) -> np.ndarray:
+    """The id map [H,W] of ``targets`` (they do not overlap): 0 = none, i + 1 = ``targets[i]``;
+    uint8, or uint16 past 255 targets (the most a PNG holds: 65535)."""
+    if len(targets) > np.iinfo(np.uint16).max:
+        raise DataError(f"{len(targets)} targets: a target id map holds at most {np.iinfo(np.uint16).max}")
+    ids = np.zeros(shape, np.uint8 if len(targets) <= np.iinfo(np.uint8).max else np.uint16)
+    for index, target in enumerate(targets):
+        ids[target.mask] = index + 1
+    return ids
+
+
+def _caption(prediction: Prediction) -> str:
+    """The overlay's caption: the question, then "no target" or the score and area (and the number of targets)."""
+    if prediction.no_target and not prediction.targets:
+        decided = "" if prediction.target_score is None else f", target score {prediction.target_score:.2f}"
+        return f"{prediction.question}  (no target{decided})"
+    numbers = f"score {prediction.score:.2f}, {prediction.area_px} px"
+    if prediction.area_m2 is not None:
+        numbers += f", {prediction.area_m2:,.0f} m2"
+    count = len(prediction.targets)
+    return f"{prediction.question}  ({count} target{'' if count == 1 else 's'}, {numbers})"
+
+
+def _overlay(prediction: Prediction, ids: np.ndarray) -> Image.Image:
+    """The overlay of ``prediction``, each target (``ids``: ``target_ids``) in its colour."""
+    pixels, drawn = prediction.image.pixels, ids
+    height, width = drawn.shape
     factor = OVERLAY_MAX_SIDE / max(height, width)
     if factor < 1:
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
         pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR))
-        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-    if prediction.no_target:
-        decided = "" if prediction.target_score is None else f", target score {prediction.target_score:.2f}"
-        caption = f"{prediction.question}  (no target{decided})"
-    else:
-        caption = f"{prediction.question}  (score {prediction.score:.2f}, {prediction.area_px} px"
-        caption += f", {prediction.area_m2:,.0f} m2)" if prediction.area_m2 is not None else ")"
-    return render_overlay(pixels, None, mask, caption)
+        drawn = np.asarray(Image.fromarray(drawn).resize(size, Image.NEAREST))
+    return render_overlay(pixels, None, drawn, _caption(prediction))
 
 
-def write_sample(prediction, index: int, folder: Path) -> dict:
-    """The files of one prediction in ``folder``; returns its predictions.jsonl row (file names relative)."""
+def _id_colours(count: int) -> dict[int, tuple[int, int, int, int]]:
+    """The GeoTIFF colour map of an id map of ``count`` targets: each in its overlay colour over transparent."""
+    return {0: (0, 0, 0, 0)} | {index + 1: (*palette_rgb(index), 255) for index in range(count)}
+
+
+def _geojson(prediction: Prediction, geo: GeoReference) -> dict:
+    """The GeoJSON of ``prediction``: one (Multi)Polygon feature per target, with its ``target_id`` (its id in the
+    row's ``targets``) and its ``score``; none: one unlocated ``no_target`` feature."""
+    properties = {"question": prediction.question, "score": round(prediction.score, 6)}
+    if prediction.target_score is not None:
+        properties["target_score"] = round(prediction.target_score, 6)
+    targets = [(t.mask, {"target_id": i, "score": round(t.score, 6)}) for i, t in enumerate(prediction.targets)]
+    return targets_geojson(targets, geo, properties)
+
+
+def write_sample(prediction: Prediction, index: int, folder: Path) -> dict:
+    """The files of one prediction in ``folder``; returns its predictions.jsonl row (file names relative; the
+    targets' id map: ``targets_mask``, ``targets_geotiff``)."""
     stem = f"{index:04d}_{prediction.image.name}"
     row = {"index": index, **prediction.record(), "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png"}
     Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(folder / row["mask"])
-    _overlay(prediction).save(folder / row["overlay"])
+    ids = target_ids(prediction.targets, prediction.mask.shape)
+    row["targets_mask"] = f"{stem}_targets.png"
+    Image.fromarray(ids).save(folder / row["targets_mask"])
+    _overlay(prediction, ids).save(folder / row["overlay"])
     geo = prediction.image.geo
     if geo is not None:
         row["mask_geotiff"] = f"{stem}_mask.tif"
         row["geojson"] = f"{stem}.geojson"
         write_mask_geotiff(folder / row["mask_geotiff"], prediction.mask, geo)
-        properties = {"question": prediction.question, "score": round(prediction.score, 6)}
-        if prediction.target_score is not None:
-            properties["target_score"] = round(prediction.target_score, 6)
-        write_json(folder / row["geojson"], mask_geojson(prediction.mask, geo, properties))
+        row["targets_geotiff"] = f"{stem}_targets.tif"
+        write_mask_geotiff(folder / row["targets_geotiff"], ids, geo, _id_colours(len(prediction.targets)))
+        write_json(folder / row["geojson"], _geojson(prediction, geo))
     return row
 
 

@@ -12,6 +12,13 @@ overlap (``framework.infer.tiling``). The image pass (encoder, compressor, the m
 per tile, whatever the number of questions asked of the image; the questions then run in batches over it. ``predict.tta`` (``flips``, ``dihedral``) sees
 each tile in 4 or 8 views and averages their logits (``framework.eval.tta``): that many encoder passes per tile.
 
+Every answer also lists its ``targets``, the objects it is made of, most probable first, each with its mask at the
+image's native size, inside the answer's mask and without overlaps (a pixel two targets claim stays with the more
+probable one; a target left without pixels is dropped). ``predict.targets``: ``auto`` (default) takes a model's
+target queries (``model.readout: {name: targets}``) on a one-tile image, scored by their objectness probability,
+and otherwise the connected regions (8-connected) of the answer mask, scored by their mean probability (a tiled
+scene: a target cut by a tile border has no one query that answers for it); ``regions`` always the regions.
+
 A model trained with the LM loss on answers (``loss.lm_weight`` > 0 and an LLM answer template) also answers in
 words: the LLM's greedy text (at most ``predict.answer_tokens`` tokens) from the image's own pass when it is one tile,
 or from the whole scene letterboxed into one frame when it is tiled. Otherwise ``answer`` is None and
@@ -30,15 +37,18 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 
 from framework.core.config import PredictSchema, check_predict
 from framework.core.errors import ConfigError, DataError, UserError
+from framework.core.model import ModelOutput
+from framework.core.readout import chosen_targets
 from framework.core.target import decide
 from framework.core.weights import load_checkpoint_model
 from framework.data.geo import GeoReference, is_tiff, read_geotiff
 from framework.data.images import Raster, raster_to_rgb, read_image
 from framework.data.transforms import letterbox_image
-from framework.eval.postprocess import resample_to_original
+from framework.eval.postprocess import disjoint_masks, region_labels, resample_to_original
 from framework.eval.tta import ViewAverage, questions_in_view, to_view, tta_views
 from framework.infer.bundle import resolve_bundle
 from framework.infer.tiling import TileBlender
@@ -58,6 +68,21 @@ class LoadedImage:
 
 
 @dataclass
+class PredictedTarget:
+    """One target of an answer: ``mask`` bool [H,W] at the image's native size (within the answer's own mask for a
+    tiled scene), ``score`` in [0, 1], ``area_px`` and ``area_m2`` (georeferenced in a metric CRS, else None)."""
+
+    mask: np.ndarray
+    score: float
+    area_px: int
+    area_m2: float | None
+
+    def record(self, index: int) -> dict[str, Any]:
+        return {"id": index, "score": round(self.score, 6), "area_px": self.area_px,
+                "area_m2": None if self.area_m2 is None else round(self.area_m2, 3)}
+
+
+@dataclass
 class Prediction:
     """One answer. ``mask`` bool [H,W] and ``probability`` float32 [H,W] at the image's native size; ``score``:
     mean probability over the mask (the reference's mask score; 0 for an empty mask); ``area_m2`` when the image
@@ -65,7 +90,7 @@ class Prediction:
     in words, ``Predictor.answer_note`` says why). ``no_target``: the
     answer is "nothing here" (its mask is empty: decided so by the model's target decision, or simply empty);
     ``target_score``: the target decision's probability that there is a target (the largest over the tiles of a
-    tiled scene; None: the model has no target decision)."""
+    tiled scene; None: the model has no target decision). ``targets``: the answer's targets (module docstring)."""
 
     question: str
     mask: np.ndarray
@@ -77,6 +102,7 @@ class Prediction:
     image: LoadedImage = field(repr=False)
     tiles: int = 1
     target_score: float | None = None
+    targets: list[PredictedTarget] = field(default_factory=list)
 
     @property
     def no_target(self) -> bool:
@@ -94,6 +120,7 @@ class Prediction:
             "answer": self.answer,
             "no_target": self.no_target,
             "target_score": None if self.target_score is None else round(self.target_score, 6),
+            "targets": [t.record(i) for i, t in enumerate(self.targets)],
             "height": height,
             "width": width,
             "tiles": self.tiles,
@@ -138,6 +165,7 @@ class Predictor:
         if not 0 <= self.target_threshold <= 1:
             raise ConfigError(f"target threshold: expected a probability in [0, 1], got {self.target_threshold}")
         self.options = predict_options(config, **options)
+        self.query_targets = model.has_target_queries and self.options["targets"] == "auto"
         model.check_image_size(self.image_size)
         why = model.why_no_answer_text(config)
         if why is not None:
@@ -266,7 +294,8 @@ class Predictor:
                 height, width = image.pixels.shape[:2]
                 tile, overlap = self.tile_layout(image)
                 blenders = [TileBlender(height, width, tile, overlap) for _ in asked]
-                scenes[g] = _Scene(image, blenders, len(blenders[0].tiles), [None] * len(asked), [None] * len(asked))
+                scenes[g] = _Scene(image, blenders, len(blenders[0].tiles), [None] * len(asked), [None] * len(asked),
+                                   [None] * len(asked))
                 bar.total = (bar.total or 0) + scenes[g].left
                 for t in range(scenes[g].left):
                     pending.append((g, t))
@@ -291,25 +320,35 @@ class Predictor:
         pairs = [(row, q) for row, (g, _) in enumerate(pending) for q in range(len(groups[g][1]))]
         chunks = [pairs[start : start + self.batch_size] for start in range(0, len(pairs), self.batch_size)]
         means = [ViewAverage() for _ in chunks]
+        targets: list[ModelOutput | None] = [None] * len(chunks)  # the identity view's target queries, per chunk
         for v, view in enumerate(tta_views(self.options["tta"])):
             seen = self.model.see(to_view(batch, view))  # once per tile, for every question of its image
             if v == 0 and self.answer_note is None:  # the identity view: a one-tile image's answer text
                 for row, (g, _) in enumerate(pending):
                     if len(scenes[g].blenders[0].tiles) == 1:
                         self._answer(scenes[g], groups[g][1], seen, row)
-            for chunk, mean in zip(chunks, means, strict=True):
+            for c, (chunk, mean) in enumerate(zip(chunks, means, strict=True)):
                 rows = torch.tensor([row for row, _ in chunk], device=self.device)
                 asked, valid = questions_in_view([groups[pending[row][0]][1][q][1] for row, q in chunk], view)
-                mean.add(self.model.answer(seen, asked, rows).mask_logits, view, valid)
-        for chunk, mean in zip(chunks, means, strict=True):
+                out = self.model.answer(seen, asked, rows)
+                mean.add(out.mask_logits, view, valid)
+                if v == 0 and self.query_targets:
+                    targets[c] = out
+        for chunk, mean, out in zip(chunks, means, targets, strict=True):
             # a tile decided "no target" adds nothing to its scene's mask
             decided, probability = decide(self.model.target_decision, mean.result(), self.target_threshold)
-            logits = resample_to_original(
-                decided, [boxes[row] for row, _ in chunk], [sizes[row] for row, _ in chunk], self.image_size
-            )
+            chunk_boxes, chunk_sizes = [boxes[row] for row, _ in chunk], [sizes[row] for row, _ in chunk]
+            logits = resample_to_original(decided, chunk_boxes, chunk_sizes, self.image_size)
+            if out is not None:
+                answered = decided.flatten(1).amax(1) > self.threshold
+                chosen = chosen_targets(out.target_scores, answered)
             for n, ((row, q), tile_logits) in enumerate(zip(chunk, logits, strict=True)):
                 g, t = pending[row]
                 scenes[g].blenders[q].add(t, tile_logits.float().cpu().numpy())
+                if out is not None and len(scenes[g].blenders[q].tiles) == 1:
+                    scenes[g].targets[q] = self._query_targets(
+                        out.target_logits[n, chosen[n]], out.target_scores[n, chosen[n]], chunk_boxes[n],
+                        chunk_sizes[n])
                 if probability is not None:
                     scores = scenes[g].target_scores
                     scores[q] = max(scores[q] or 0.0, float(probability[n]))
@@ -333,6 +372,41 @@ class Predictor:
         index = torch.full((len(questions),), row, dtype=torch.long, device=self.device)
         scene.answers[:] = self.model.answer_texts(seen, questions, index, self.options["answer_tokens"])
 
+    def _query_targets(
+        self, logits: torch.Tensor, scores: torch.Tensor, box: tuple, size: tuple[int, int]
+    ) -> tuple[list[torch.Tensor], list[float]]:
+        """The chosen target queries' masks [P,h,w] (objectness logits [P]) of a one-tile image at its native size:
+        (bool masks [H,W], probabilities)."""
+        if logits.shape[0] == 0:
+            return [], []
+        native = resample_to_original(logits, [box] * logits.shape[0], [size] * logits.shape[0], self.image_size)
+        return [(mask_logits > self.threshold).cpu() for mask_logits in native], scores.float().sigmoid().tolist()
+
+    @staticmethod
+    def _region_targets(mask: np.ndarray, probability: np.ndarray) -> tuple[list[torch.Tensor], list[float]]:
+        """Targets as the connected regions (8-connected) of the answer mask, by their mean probability."""
+        labels, count = region_labels(mask)
+        if count == 0:
+            return [], []
+        index = np.arange(1, count + 1)
+        scores = ndimage.mean(probability, labels, index)
+        order = np.argsort(-scores, kind="stable")
+        return [torch.from_numpy(labels == index[k]) for k in order], [float(scores[k]) for k in order]
+
+    def _targets(
+        self, found: tuple[list[torch.Tensor], list[float]], mask: np.ndarray, image: LoadedImage
+    ) -> list[PredictedTarget]:
+        """``found`` (target masks most probable first, their scores) within the answer ``mask``, without overlaps
+        (``disjoint_masks``)."""
+        masks, scores = found
+        pixel_m2 = image.geo.pixel_area_m2 if image.geo is not None else None
+        targets = []
+        for index, own in disjoint_masks(masks, torch.from_numpy(mask)):
+            area = int(own.sum())
+            area_m2 = None if pixel_m2 is None else area * pixel_m2
+            targets.append(PredictedTarget(own.numpy(), scores[index], area, area_m2))
+        return targets
+
     def _prediction(self, scene: _Scene, q: int, question: str) -> Prediction:
         blender = scene.blenders[q]
         logits = blender.result()
@@ -341,6 +415,10 @@ class Predictor:
         area = int(mask.sum())
         image = scene.image
         pixel_m2 = image.geo.pixel_area_m2 if image.geo is not None else None
+        found = scene.targets[q]
+        if found is None:  # no target queries to answer (module docstring)
+            found = self._region_targets(mask, probability)
+        targets = self._targets(found, mask, image)
         return Prediction(
             question=question,
             mask=mask,
@@ -352,19 +430,21 @@ class Predictor:
             image=image,
             tiles=len(blender.tiles),
             target_score=scene.target_scores[q],
+            targets=targets,
         )
 
 
 @dataclass
 class _Scene:
     """An image in flight: one blender per question, tiles still to come, and per question the target decision's
-    largest score so far and the answer text."""
+    largest score so far, the answer text and (a one-tile image answered by target queries) its targets."""
 
     image: LoadedImage
     blenders: list[TileBlender]
     left: int
     target_scores: list[float | None]
     answers: list[str | None]
+    targets: list[tuple[list[torch.Tensor], list[float]] | None]  # masks most probable first, their scores
 
 
 def load_model(source: str | Path, device: str = "cpu", tracking_uri: str | None = None, **options: Any) -> Predictor:

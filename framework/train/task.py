@@ -18,16 +18,18 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from framework.core.model import ModelOutput, SegEarthModel, upsample_logits
+from framework.core.readout import chosen_targets
 from framework.core.target import decide
 from framework.core.weights import FROZEN_KEY, MODEL_PREFIX, restore_frozen, slim_state
 from framework.data.augment import Geometry
 from framework.data.transforms import box_mask
 from framework.eval.answers import answer_scores
 from framework.eval.image_blind import image_blind_see
-from framework.eval.metrics import ReasoningSegMetrics
-from framework.eval.postprocess import unletterbox
+from framework.eval.metrics import ReasoningSegMetrics, TargetMetrics
+from framework.eval.postprocess import disjoint_masks, region_labels, unletterbox
 from framework.eval.tta import averaged_output
 from framework.train.losses import competition_loss, mask_loss, presence_loss
+from framework.train.matching import instance_masks, target_loss
 from framework.train.strategies import drop_gradients, guard_loss
 from framework.train.weight_average import WeightAverage
 
@@ -46,6 +48,8 @@ class SegEarthTask(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {name: ReasoningSegMetrics() for name in ("val", "test", "val_native", "test_native")}
         )
+        # an answer's targets (several per question), matched per ground-truth instance
+        self.target_metrics = nn.ModuleDict({name: TargetMetrics() for name in ("val", "test")})
         # "test_shuffled": the shuffled-question control; "test_image_blind": visual tokens of another image
         self.test_prefix = "test"
         self.results: dict[str, dict] = {}
@@ -60,7 +64,11 @@ class SegEarthTask(L.LightningModule):
         self.ema = WeightAverage(config["optim"]["ema_decay"]) if config["optim"]["ema_decay"] else None
 
     # ---------------------------------------------------------------- losses
-    def _loss(self, out: ModelOutput, targets: torch.Tensor, point_sampled: bool) -> dict[str, torch.Tensor]:
+    def _loss(
+        self, out: ModelOutput, targets: torch.Tensor, point_sampled: bool, instances: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Loss terms and their weighted sum ``loss``: ``targets`` [B,S,S] the answer masks, ``instances`` [B,S,S]
+        their instance ids for a read-out with target queries (None: each mask is one instance)."""
         lc = self.config["loss"]
         predictions = [out.mask_logits] + (out.aux_logits if lc["deep_supervision"] else [])
         bce = dice = 0.0
@@ -83,7 +91,11 @@ class SegEarthTask(L.LightningModule):
         if lc["competition_weight"]:
             terms["competition"] = competition_loss(out.mask_logits, targets, out.image_index)
             loss = loss + lc["competition_weight"] * terms["competition"]
-        for name, term in out.terms.items():  # the read-out's own terms, e.g. concept_query
+        own = dict(out.terms)  # the read-out's own terms, e.g. concept_query
+        if out.target_logits is not None:
+            ids = targets.to(torch.uint8) if instances is None else instances
+            own.update(target_loss(out.target_logits, out.target_scores, ids))
+        for name, term in own.items():
             terms[name] = term
             loss = loss + lc[f"{name}_weight"] * term
         if out.lm_loss is not None:
@@ -95,7 +107,7 @@ class SegEarthTask(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         answers = batch["answer"] if self.config["loss"]["lm_weight"] > 0 else None
         out = self.model(batch["image"], batch["question"], batch["image_index"], answers, concepts=batch["concept"])
-        terms = self._loss(out, batch["mask"], point_sampled=self.config["loss"]["point_sample"])
+        terms = self._loss(out, batch["mask"], self.config["loss"]["point_sample"], batch["instances"])
         if self.model.target_decision is not None:  # the answers it is fitted to before each validation
             self.model.target_decision.observe(out.mask_logits, batch["mask"])
         bs = len(batch["question"])
@@ -145,6 +157,7 @@ class SegEarthTask(L.LightningModule):
             out.notes["target_probability"] = [round(p, 4) for p in probability.tolist()]
         pred = upsample_logits(logits, size) > threshold
         self.metrics[stage].update(pred, batch["mask"], batch["id"], box_mask(batch["box"], size[0]))
+        self._update_targets(out, pred, batch, stage)
         ids = batch["id"].tolist()
         wanted = self._overlay_ids if stage == "val" or self.test_prefix == "test" else range(0)
         rows = [k for k, i in enumerate(ids) if self._native or i in wanted]
@@ -158,6 +171,26 @@ class SegEarthTask(L.LightningModule):
             if ids[k] in wanted:
                 self._kept[ids[k]] = p.cpu().numpy()
         return out
+
+    def _update_targets(self, out: ModelOutput, answers: torch.Tensor, batch: dict, stage: str) -> None:
+        """The per-target metric of ``stage``: each row's targets as ``predict`` gives them (``predict.targets``:
+        the target queries chosen, or the connected regions of its answer mask ``answers`` [B,S,S] bool; within
+        it, without overlaps) against its instances."""
+        size = tuple(batch["image"].shape[-2:])
+        threshold = self.config["eval"]["threshold"]
+        queries = self.model.has_target_queries and self.config["predict"]["targets"] == "auto"
+        chosen = chosen_targets(out.target_scores, answers.flatten(1).any(1)) if queries else None
+        preds = []
+        for row, answer in enumerate(answers):
+            if chosen is not None:
+                masks = list(upsample_logits(out.target_logits[row, chosen[row]], size) > threshold)
+            else:
+                labels, count = region_labels(answer.cpu().numpy())
+                masks = [torch.from_numpy(labels == k).to(answer.device) for k in range(1, count + 1)]
+            kept = [own for _, own in disjoint_masks(masks, answer)]
+            preds.append(torch.stack(kept) if kept else answer.new_zeros(0, *size))
+        targets = [instance_masks(ids.to(answers.device)) for ids in batch["instances"]]
+        self.target_metrics[stage].update(preds, targets, batch["id"])
 
     def _compute(self, stage: str) -> tuple[dict[str, float], dict[str, list]]:
         """(metrics, per-sample counts) of every process for ``stage``, native ones under ``native/``; resets."""
@@ -173,6 +206,14 @@ class SegEarthTask(L.LightningModule):
             counts = ("iou", "inter", "union", "target_area", "pred_area")
             samples.update({f"{prefix}{k}": per_sample[k] for k in counts})
             metric.reset()
+        targets = self.target_metrics[stage]
+        if targets.update_count:
+            values.update(targets.compute())
+            per_target = targets.per_sample()
+            if per_target["ids"] != samples["ids"]:
+                raise RuntimeError("the mask and target metrics saw different samples")
+            samples.update({k: v for k, v in per_target.items() if k != "ids"})
+            targets.reset()
         return values, samples
 
     def _log_metrics(self, prefix: str, values: dict[str, float]) -> None:
@@ -192,7 +233,7 @@ class SegEarthTask(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._evaluate(batch, "val")
-        terms = self._loss(out, batch["mask"], point_sampled=False)  # full-mask: deterministic val loss
+        terms = self._loss(out, batch["mask"], False, batch["instances"])  # full masks: a deterministic val loss
         self.log("val/loss", terms["loss"], batch_size=len(batch["question"]), on_epoch=True, sync_dist=True)
 
     def _fit_target_decision(self) -> None:

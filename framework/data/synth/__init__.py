@@ -2,17 +2,20 @@
 
 Layout (exactly what the EarthReason readers expect, plus two extra JSON keys they ignore)::
 
-    out/{train,val,test}/images/<stem>.jpg   RGB JPEG, quality 95
-    out/{train,val,test}/labels/<stem>.png   8-bit grayscale, 255 = target, 0 elsewhere
-    out/{train,val,test}/QAs/<stem>.json     {"questions": [3-5 phrasings of one query],
-                                              "answer": [one sentence] or [] when nothing is the target,
-                                              "concept": concept id, "scene": scene index}
+    out/{train,val,test}/images/<stem>.jpg      RGB JPEG, quality 95
+    out/{train,val,test}/labels/<stem>.png      8-bit grayscale, 255 = target, 0 elsewhere
+    out/{train,val,test}/instances/<stem>.png   8-bit grayscale instance ids: 0 = not a target, 1..n = the
+                                                target's n instances by decreasing visible area; ids > 0 are
+                                                exactly the label's target pixels
+    out/{train,val,test}/QAs/<stem>.json        {"questions": [3-5 phrasings of one query],
+                                                 "answer": [one sentence] or [] when nothing is the target,
+                                                 "concept": concept id, "scene": scene index}
 
 ``<stem>`` is ``<scene:05d>_<k>``: one sample k of a scene per stem, each with another question and mask; the
 scene's image is written once, as ``<scene>_0.jpg``, and the other samples' images are symlinks to it (relative,
-in the same folder), so that the data layer knows they share one image. Scenes are split 70/15/15 by scene index into train/val/test, so no scene is shared
-between splits, and every split draws its questions from its own phrasing pool (``PHRASINGS``), so
-val/test questions are never seen in training.
+in the same folder), so that the data layer knows they share one image. Scenes are split 70/15/15 by scene index
+into train/val/test, so no scene is shared between splits, and every split draws its questions from its own
+phrasing pool (``PHRASINGS``), so val/test questions are never seen in training.
 
 A scene is bare land with texture, optionally water (one or two lakes, a meandering river or a sea
 along one edge), an airport runway, roads, car parks, buildings with cast shadows, crop fields with row
@@ -31,6 +34,10 @@ Relational concepts, defined on the visible instance masks and asked only when w
   crosses the image from the left edge to the right edge; a field is above it when its centroid row is
   smaller than the road's centreline row in the centroid's column. Asked when there are fields on both
   sides of the main road.
+
+Target instances: a class-level concept has one instance per visible instance of its class, ``largest_field``
+and ``building_nearest_water`` one, ``field_north_of_road`` one per field above the main road, an absent concept
+none. Visible instances of one class may overlap (roads at a crossing): there the smaller instance's id wins.
 
 About ``NO_TARGET_SHARE`` of samples ask for a class absent from the scene (empty answer, all-zero
 label) and about ``RELATIONAL_SHARE`` ask a relational concept; the k samples of one scene ask k

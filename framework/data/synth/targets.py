@@ -21,11 +21,19 @@ _ASK_RELATIONAL_P = 0.45
 
 @dataclass
 class _Target:
-    """What one sample asks for: ``mask`` (S, S) bool, ``answer`` None when the concept is absent."""
+    """What one sample asks for: ``instances`` the target objects, each the (S, S) bool mask of one visible
+    instance (they overlap where the objects do, e.g. roads at a crossing; none when the concept is absent),
+    ``mask`` (S, S) bool their union, ``answer`` None when the concept is absent."""
 
     concept: str
     mask: np.ndarray
     answer: str | None
+    instances: list[np.ndarray]
+
+
+def _target(concept: str, instances: list[np.ndarray], answer: str | None, size: int) -> _Target:
+    """The target of ``instances`` (each (S, S) bool), its mask their union."""
+    return _Target(concept, _union(instances, size), answer, instances)
 
 
 def _relational_targets(instances: dict[str, list[_Instance]], main_road_rows: np.ndarray | None,
@@ -34,7 +42,8 @@ def _relational_targets(instances: dict[str, list[_Instance]], main_road_rows: n
     targets = []
     fields = sorted(instances["field"], key=lambda i: -int(i.mask.sum()))
     if len(fields) >= 2 and fields[0].mask.sum() >= LARGEST_FIELD_RATIO * fields[1].mask.sum():
-        targets.append(_Target("largest_field", fields[0].mask, f"The largest field, {_where(fields[0].mask)}."))
+        answer = f"The largest field, {_where(fields[0].mask)}."
+        targets.append(_target("largest_field", [fields[0].mask], answer, size))
     buildings = instances["building"]
     if instances["water"] and len(buildings) >= 2:
         shore = _boundary_points(_union([w.mask for w in instances["water"]], size))
@@ -43,13 +52,12 @@ def _relational_targets(instances: dict[str, list[_Instance]], main_road_rows: n
         if second - nearest >= NEAREST_WATER_MARGIN * size:
             mask = buildings[index].mask
             answer = f"The building closest to the water, {_where(mask)}."
-            targets.append(_Target("building_nearest_water", mask, answer))
+            targets.append(_target("building_nearest_water", [mask], answer, size))
     if main_road_rows is not None and fields:
         north = [f for f in fields if _is_north(f.mask, main_road_rows)]
         if 0 < len(north) < len(fields):
-            mask = _union([f.mask for f in north], size)
             answer = _describe(north, "field above the main road", "fields above the main road")
-            targets.append(_Target("field_north_of_road", mask, answer))
+            targets.append(_target("field_north_of_road", [f.mask for f in north], answer, size))
     return targets
 
 
@@ -85,14 +93,14 @@ def _choose_targets(rng: np.random.Generator, instances: dict[str, list[_Instanc
         for kind in preference:
             if kind == "class" and present:
                 concept = present.pop(int(rng.integers(len(present))))
-                mask = _union([i.mask for i in instances[concept]], size)
-                targets.append(_Target(concept, mask, _CLASS_ANSWERS[concept](instances[concept])))
+                answer = _CLASS_ANSWERS[concept](instances[concept])
+                targets.append(_target(concept, [i.mask for i in instances[concept]], answer, size))
                 break
             if kind == "relational" and relational:
                 targets.append(relational.pop(int(rng.integers(len(relational)))))
                 break
             if kind == "absent" and absent:
                 concept = absent.pop(int(rng.integers(len(absent))))
-                targets.append(_Target(concept, np.zeros((size, size), dtype=bool), None))
+                targets.append(_target(concept, [], None, size))
                 break
     return targets

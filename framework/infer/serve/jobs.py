@@ -202,11 +202,12 @@ class JobRunner:
             colour = colour_of(index)
             row["layer"] = f"{index:04d}_layer.png"
             write_layer(prediction.mask, colour, job.folder / row["layer"])
-            kinds = ("mask", "overlay", "mask_geotiff", "geojson", "layer")
+            kinds = ("mask", "overlay", "mask_geotiff", "geojson", "targets_mask", "targets_geotiff", "layer")
             files = {kind: row[kind] for kind in kinds if kind in row}
             job.files.update(files.values())
             results.append({
                 **prediction.record(),
+                "targets": row["targets"],
                 "image": job.name,
                 "colour": colour,
                 "no_target": prediction.area_px == 0,

@@ -9,17 +9,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from framework.eval.overlays import outline
+from framework.eval.overlays import PALETTE, hex_rgb, outline
 
 PREVIEW_MAX_SIDE = 1024  # larger scenes are shown downscaled; the downloads keep full size
-# distinct on aerial imagery and to most colour-blind readers (Trubetskoy's list of 20, first 8)
-COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45")
 FILL_ALPHA = 110
 
 
 def colour_of(index: int) -> str:
     """The colour of the ``index``-th answer of an image (the palette repeats past its end)."""
-    return COLOURS[index % len(COLOURS)]
+    return PALETTE[index % len(PALETTE)]
 
 
 def preview_size(height: int, width: int) -> tuple[int, int]:
@@ -43,7 +41,7 @@ def write_layer(mask: np.ndarray, colour: str, path: Path) -> None:
     size = preview_size(*mask.shape)
     if size != (mask.shape[1], mask.shape[0]):
         mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
-    rgb = tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    rgb = hex_rgb(colour)
     layer = np.zeros((*mask.shape, 4), np.uint8)
     layer[mask] = (*rgb, FILL_ALPHA)
     layer[outline(mask, max(1, round(min(mask.shape) / 256)))] = (*rgb, 255)

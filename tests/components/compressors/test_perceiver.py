@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from components._attention import sine_position_encoding_2d
 from components.compressors.perceiver import PerceiverCompressor
 from framework.core.errors import ConfigError
+from framework.core.positions import sine_position_encoding_2d
 
 
 def small() -> PerceiverCompressor:

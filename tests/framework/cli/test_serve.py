@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -29,7 +30,7 @@ from shapely.geometry import box, shape
 
 from framework.cli.main import main
 from tests.framework.infer.test_bundle import tiny_experiment, write_checkpoint
-from tests.framework.infer.test_predictor import UTM, write_geotiff
+from tests.framework.infer.test_predictor import UTM, targets_checkpoint, write_geotiff
 
 REPO = Path(__file__).resolve().parents[3]
 CHROMIUM = shutil.which("chromium")
@@ -58,12 +59,10 @@ def read_url(process: subprocess.Popen, log: Path, timeout: float) -> str:
     pytest.fail(f"segearth serve printed no URL within {timeout} s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="module")
-def server(model_path, synth_root, tmp_path_factory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("serve-log") / "stderr.txt"
+def serving(model_path: Path, log: Path, *options: str) -> Iterator[str]:
+    """A ``segearth serve`` process of ``model_path`` (its stderr in ``log``) while the generator runs: its URL."""
     command = [sys.executable, "-m", "framework.cli", "serve", "--model", str(model_path), "--port", "0",
-               "--examples", str(synth_root), "--tile-size", "64", "--max-questions", str(MAX_QUESTIONS),
-               "--max-upload-mb", "1"]
+               "--tile-size", "64", "--max-questions", str(MAX_QUESTIONS), "--max-upload-mb", "1", *options]
     with log.open("w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=log.parent,
                                    env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -73,6 +72,11 @@ def server(model_path, synth_root, tmp_path_factory) -> Iterator[str]:
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 128 + signal.SIGTERM, log.read_text()
     process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def server(model_path, synth_root, tmp_path_factory) -> Iterator[str]:
+    yield from serving(model_path, tmp_path_factory.mktemp("serve-log") / "stderr.txt", "--examples", str(synth_root))
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -228,6 +232,8 @@ def test_the_page_answers_two_questions_about_a_geotiff(server, browser, synth_r
         no_target = card.get_attribute("data-no-target") == "true"
         assert no_target == bool(card.find_elements(By.CSS_SELECTOR, ".no-target-badge"))
         assert "m²" in card.find_element(By.CSS_SELECTOR, ".numbers").text
+        # a model without target queries: its targets are the answer's connected regions
+        assert bool(card.find_elements(By.CSS_SELECTOR, ".targets-count")) != no_target
     assert "EPSG:32640" in browser.find_element(By.ID, "scene-caption").text
     assert "tiles" in browser.find_element(By.ID, "scene-caption").text  # 192 x 160 at 64-px tiles
 
@@ -264,3 +270,38 @@ def test_the_page_answers_two_questions_about_a_geotiff(server, browser, synth_r
     ask_in_page(browser, len(asked))
     assert browser.find_element(By.ID, "message").get_attribute("hidden") is not None
     assert "not georeferenced" in browser.find_element(By.ID, "scene-caption").text
+
+
+@pytest.fixture(scope="module")
+def targets_server(tmp_path_factory) -> Iterator[str]:
+    """A server of a tiny model with target queries (``targets_checkpoint``)."""
+    folder = tmp_path_factory.mktemp("serve-targets")
+    path = targets_checkpoint(folder)
+    yield from serving(path, folder / "stderr.txt")
+
+
+def test_the_page_lists_each_answers_targets_with_their_scores_and_areas(targets_server, browser, synth_root,
+                                                                         tmp_path):
+    """A model with target queries: each card counts its targets and lists each one's score and area, as the
+    job's results (and its targets PNG: pixel value i + 1 = the i-th listed) say; the targets files download."""
+    scene = write_geotiff(tmp_path / "scene.tif", synth_pixels(synth_root, (64, 64)))
+    browser.get(targets_server)
+    choose_file(browser, scene)
+    type_questions(browser, QUESTIONS[0])
+    (card,) = ask_in_page(browser, 1)
+    href = card.find_element(By.CSS_SELECTOR, "a.download[data-kind=targets_mask]").get_attribute("href")
+    (result,) = requests.get(href.split("/files/")[0], timeout=10).json()["results"]
+    targets = result["targets"]
+    assert len(targets) >= 2
+    assert card.find_element(By.CSS_SELECTOR, ".targets-count").text == f"{len(targets)} targets"
+    items = [item.text for item in card.find_elements(By.CSS_SELECTOR, ".targets li")]
+    assert len(items) == len(targets)
+    for item, target in zip(items, targets, strict=True):
+        score, area_px, area_m2 = re.fullmatch(r"score ([\d.]+) · ([\d,]+) px · ([\d,]+) m²", item).groups()
+        assert float(score) == pytest.approx(target["score"], abs=0.005)
+        assert int(area_px.replace(",", "")) == target["area_px"]
+        assert float(area_m2.replace(",", "")) == pytest.approx(target["area_m2"], abs=0.5)
+    ids = np.asarray(Image.open(io.BytesIO(requests.get(href, timeout=10).content))).astype(np.int64)
+    assert np.bincount(ids.ravel(), minlength=len(targets) + 1)[1:].tolist() == [t["area_px"] for t in targets]
+    geotiff = card.find_element(By.CSS_SELECTOR, "a.download[data-kind=targets_geotiff]").get_attribute("href")
+    assert requests.get(geotiff, timeout=10).headers["content-type"] == "image/tiff"

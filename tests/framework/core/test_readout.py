@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from framework.core.errors import ConfigError, DataError
-from framework.core.readout import ConceptChoiceReadout
+from framework.core.readout import ConceptChoiceReadout, chosen_targets
 from tests.framework.core.test_model import tiny_model
 
 QUESTIONS = ["where is water?", "where could a boat sail?", "which roads?"]
@@ -95,3 +95,34 @@ def test_concept_readout_errors(name):
         tiny_model(readout={"name": name, "concepts": []})
     with pytest.raises(ConfigError, match=f"model.readout: readout '{name}' needs concepts"):
         tiny_model(readout={"name": name})
+
+
+def test_the_targets_readout_adds_scored_target_masks_beside_the_query_readouts_union():
+    plain = tiny_model().eval()
+    torch.manual_seed(0)
+    model = tiny_model(readout={"name": "targets", "targets": 5, "layers": 1, "heads": 2}).eval()
+    # the union path is the query read-out's: same parameters, same answer mask
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("readout.")})
+    images, index = one_image(), torch.zeros(3, dtype=torch.long)
+    with torch.no_grad():
+        out, union = model(images, QUESTIONS, index), plain(images, QUESTIONS, index)
+    torch.testing.assert_close(out.mask_logits, union.mask_logits)
+    assert out.target_logits.shape == (3, 5, *out.mask_logits.shape[-2:])
+    assert out.target_scores.shape == (3, 5) and union.target_logits is None
+    # the target queries read the image: another image moves them
+    with torch.no_grad():
+        other = model(torch.rand(1, 3, 64, 64), QUESTIONS, index)
+    assert not torch.allclose(out.target_scores, other.target_scores)
+
+
+def test_the_targets_readout_refuses_impossible_settings():
+    with pytest.raises(ConfigError, match="targets must be >= 1"):
+        tiny_model(readout={"name": "targets", "targets": 0})
+    with pytest.raises(ConfigError, match="level"):
+        tiny_model(readout={"name": "targets", "level": 9})
+
+
+def test_chosen_targets_are_the_probable_queries_of_answered_rows_most_probable_first():
+    scores = torch.tensor([[0.5, -1.0, 2.0, 0.1], [3.0, 3.0, 3.0, 3.0], [-2.0, -2.0, -2.0, -2.0]])
+    chosen = chosen_targets(scores, torch.tensor([True, False, True]))
+    assert [c.tolist() for c in chosen] == [[2, 0, 3], [], []]

@@ -87,6 +87,26 @@ def test_each_transform_keeps_the_mask_on_its_pixels(config, expected):
         assert not np.array_equal(out_image, image)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [{"hflip": 1.0}, {"vflip": 1.0}, {"rot90": 1.0}, {"hflip": 0.5, "rot90": 0.5, "scale": [0.7, 1.3],
+                                                      "translate": 0.1}],
+    ids=["hflip", "vflip", "rot90", "all"],
+)
+def test_an_instance_id_map_takes_the_geometry_of_its_mask(config):
+    ids = np.zeros((H, W), dtype=np.uint8)
+    ids[4:20, 6:12], ids[14:20, 6:30], ids[24:32, 36:48] = 1, 2, 3  # the L in two instances, and a box
+    augment = QuestionAwareAugment(**config)
+    for seed in SEEDS:
+        out_image, out_ids, _, _ = augment(painted(ids > 0), ids, NEUTRAL, "", seed)
+        _, out_mask, _, _ = augment(painted(ids > 0), ids > 0, NEUTRAL, "", seed)
+        assert out_ids.dtype == np.uint8 and out_ids.shape == out_mask.shape == out_image.shape[:2]
+        np.testing.assert_array_equal(out_ids > 0, out_mask)
+        assert set(np.unique(out_ids)) <= {0, 1, 2, 3}  # nearest neighbour: no id is blended into another
+        if "scale" not in config:  # a flip or turn loses no pixel of any instance
+            assert all((out_ids == k).sum() == (ids == k).sum() for k in (1, 2, 3))
+
+
 def test_quarter_turn_is_counter_clockwise_and_north_becomes_west():
     image = np.zeros((3, 5), dtype=np.uint8)
     image[0] = 1  # the top row
@@ -331,6 +351,7 @@ def test_only_the_training_split_is_augmented(synth_root):
     for i in range(len(train)):
         a, b = train[i], reference[i]
         assert torch.equal(a["mask"], b["mask"].flip(-1))  # square 64 px scenes: letterboxing is the identity
+        assert torch.equal(a["instances"], b["instances"].flip(-1))
         assert a["answer"] == rewrite_directions(b["answer"], Geometry(hflip=True))
     assert any(train[i]["answer"] != reference[i]["answer"] for i in range(len(train)))
 

@@ -8,7 +8,8 @@ from PIL import Image
 
 from framework.core.errors import DataError
 from framework.data.datamodule import ShuffledQuestions
-from framework.data.earthreason import NO_TARGET_ANSWER, EarthReasonDataset
+from framework.data.earthreason import NO_TARGET_ANSWER, EarthReasonDataset, prepare_split_folders
+from framework.data.synth import write_synthetic_dataset
 from framework.data.transforms import box_mask, letterbox_geometry
 
 
@@ -25,6 +26,22 @@ def write_sample(root: Path, stem: str, size=(40, 30), questions=("q1?", "q2?"),
     (split / "QAs" / f"{stem}.json").write_text(json.dumps({"questions": list(questions), "answer": list(answer)}))
 
 
+def write_instances(root: Path, stem: str, ids: np.ndarray) -> Path:
+    """``ids`` uint8 [H,W] as ``<root>/train/instances/<stem>.png``."""
+    folder = root / "train" / "instances"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(ids).save(folder / f"{stem}.png")
+    return folder / f"{stem}.png"
+
+
+def two_instances(size=(40, 30)) -> np.ndarray:
+    """The instance map of ``write_sample``'s label (the top half): ids 1 (left) and 2 (right)."""
+    w, h = size
+    ids = np.zeros((h, w), np.uint8)
+    ids[: h // 2, : w // 2], ids[: h // 2, w // 2 :] = 1, 2
+    return ids
+
+
 def test_pairs_by_stem_and_uses_every_question(tmp_path):
     write_sample(tmp_path, "b")
     write_sample(tmp_path, "a", questions=("only?",))
@@ -35,6 +52,77 @@ def test_pairs_by_stem_and_uses_every_question(tmp_path):
     item = ds[1]
     assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (32, 32)
     assert item["mask"].max() == 1 and item["answer"] == "a"
+    # without an instances folder the mask is one instance
+    assert item["instances"].dtype == torch.uint8 and torch.equal(item["instances"], item["mask"])
+    assert torch.equal(item["native_instances"], item["native_mask"].to(torch.uint8))
+
+
+def test_instance_maps_are_read_by_stem(tmp_path):
+    write_sample(tmp_path, "a")
+    write_sample(tmp_path, "b", answer=(), fill=False)
+    write_instances(tmp_path, "a", two_instances())
+    write_instances(tmp_path, "b", np.zeros((30, 40), np.uint8))
+    ds = EarthReasonDataset(str(tmp_path), "train", image_size=80)
+    item = ds[0]
+    assert item["native_instances"].shape == (30, 40) and item["native_instances"].dtype == torch.uint8
+    np.testing.assert_array_equal(item["native_instances"].numpy(), two_instances())
+    assert item["instances"].shape == (80, 80) and torch.unique(item["instances"]).tolist() == [0, 1, 2]
+    assert torch.equal(item["mask"], (item["instances"] > 0).to(torch.uint8))
+    assert not item["instances"][:10].any()  # letterbox padding (top 10 rows of 80) holds no instance
+    assert not ds[len(ds) - 1]["instances"].any()
+
+
+def test_a_missing_instance_map_names_its_file(tmp_path):
+    write_sample(tmp_path, "a")
+    write_sample(tmp_path, "b")
+    write_instances(tmp_path, "a", two_instances())
+    with pytest.raises(DataError, match=r"instances/b\.png: missing instance map") as err:
+        EarthReasonDataset(str(tmp_path), "train", image_size=32)
+    assert "\n" not in str(err.value)
+    ds = EarthReasonDataset(str(tmp_path), "train", image_size=32, on_bad_sample="skip")
+    assert {s.stem for s in ds.samples} == {"a"}
+    assert ds.skipped[0][0].endswith("b.json") and "b.png: missing instance map" in ds.skipped[0][1]
+
+
+def test_an_instance_map_of_another_size_names_its_file(tmp_path):
+    write_sample(tmp_path, "a")
+    write_instances(tmp_path, "a", np.ones((5, 5), np.uint8))
+    with pytest.raises(DataError, match=r"instances/a\.png: instance map is 5x5, label is 40x30") as err:
+        EarthReasonDataset(str(tmp_path), "train", image_size=32)[0]
+    assert "\n" not in str(err.value)
+
+
+def test_instance_ids_that_are_not_the_label_name_the_file(tmp_path):
+    write_sample(tmp_path, "a")
+    ids = two_instances()
+    ids[-1, -1] = 3  # one instance pixel outside the label
+    write_instances(tmp_path, "a", ids)
+    with pytest.raises(DataError, match=r"instances/a\.png: instance ids > 0 differ from the label's mask at 1 pix"):
+        EarthReasonDataset(str(tmp_path), "train", image_size=32)[0]
+    write_instances(tmp_path, "a", np.zeros((30, 40, 3), np.uint8))  # RGB: not an id map
+    with pytest.raises(DataError, match=r"a\.png: an instance map must be 8-bit single-band"):
+        EarthReasonDataset(str(tmp_path), "train", image_size=32)[0]
+
+
+def test_synthetic_instance_maps_read_back(tmp_path):
+    write_synthetic_dataset(tmp_path, n=3, seed=1, image_size=64)
+    ds = EarthReasonDataset(str(tmp_path), "train", image_size=64, questions="first")
+    for index, sample in enumerate(ds.samples):
+        item = ds[index]
+        written = np.asarray(Image.open(tmp_path / "train" / "instances" / f"{sample.stem}.png"))
+        np.testing.assert_array_equal(item["native_instances"].numpy(), written)
+        assert torch.equal(item["mask"], (item["instances"] > 0).to(torch.uint8))
+    assert [int(ds[i]["instances"].max()) for i in range(len(ds))] == [1, 3, 4]
+
+
+def test_prepare_split_folders_makes_and_clears_instances_only_when_asked(tmp_path):
+    prepare_split_folders(tmp_path, ("train",), overwrite=False)
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["QAs", "images", "labels"]
+    write_instances(tmp_path, "stale", np.zeros((2, 2), np.uint8))
+    prepare_split_folders(tmp_path, ("train",), overwrite=True)  # a stale instances folder is removed
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["QAs", "images", "labels"]
+    prepare_split_folders(tmp_path, ("train",), overwrite=False, instances=True)
+    assert (tmp_path / "train" / "instances").is_dir()
 
 
 def test_unpaired_stems_are_reported_not_misaligned(tmp_path):

@@ -1,4 +1,5 @@
-"""GeoTIFF in, mask GeoTIFF and GeoJSON out: re-read with rasterio and shapely, coordinates on the input's grid."""
+"""GeoTIFF in, mask (or target id) GeoTIFF and GeoJSON out: re-read with rasterio and shapely, coordinates on the
+input's grid."""
 
 import json
 
@@ -13,9 +14,9 @@ from framework.core.errors import DataError
 from framework.data.geo import (
     GeoReference,
     atomic_output,
-    mask_geojson,
-    mask_polygons,
+    mask_regions,
     read_geotiff,
+    targets_geojson,
     write_json,
     write_mask_geotiff,
 )
@@ -76,13 +77,17 @@ def test_mask_geotiff_keeps_crs_transform_and_values(tmp_path):
 
 def test_geojson_polygons_lie_on_the_pixels_in_the_input_crs(tmp_path):
     mask = square_mask()
-    collection = mask_geojson(mask, GeoReference(TRANSFORM, UTM), {"question": "q?", "score": 0.9})
+    small = np.zeros_like(mask)
+    small[40:, :] = mask[40:, :]
+    targets = [(mask & ~small, {"target_id": 0}), (small, {"target_id": 1})]
+    collection = targets_geojson(targets, GeoReference(TRANSFORM, UTM), {"question": "q?", "score": 0.9})
     write_json(tmp_path / "m.geojson", collection)
     data = json.loads((tmp_path / "m.geojson").read_text())
     assert data["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32640"
-    features = sorted(data["features"], key=lambda f: -f["properties"]["area_px"])
+    features = data["features"]
     assert [f["properties"]["area_px"] for f in features] == [200, 10]
-    assert features[0]["properties"] == {"question": "q?", "score": 0.9, "area_px": 200, "area_m2": 50.0}
+    assert features[0]["properties"] == {"question": "q?", "score": 0.9, "target_id": 0, "area_px": 200,
+                                         "area_m2": 50.0}
     polygon = shape(features[0]["geometry"])
     # pixel (row 10, col 20) top-left corner .. (row 20, col 40) bottom-right corner through the transform
     west, north = TRANSFORM @ (20, 10)
@@ -95,17 +100,44 @@ def test_pixels_that_touch_at_a_corner_give_a_valid_geometry_of_the_same_area():
     mask = np.zeros((8, 8), bool)
     mask[1:4, 1:4] = mask[4:7, 4:7] = True  # two squares, one corner shared: one 8-connected region
     mask[2, 2] = False  # and a hole
-    ((geometry, area_px),) = mask_polygons(mask, GeoReference(TRANSFORM, UTM))
-    polygon = shape(geometry)
+    ((polygon, area_px),) = mask_regions(mask, GeoReference(TRANSFORM, UTM))
     assert polygon.is_valid and area_px == mask.sum() and polygon.area == pytest.approx(mask.sum() * 0.25)
 
 
-def test_an_empty_mask_is_one_unlocated_no_target_feature(tmp_path):
-    collection = mask_geojson(np.zeros((32, 64), bool), GeoReference(TRANSFORM, UTM), {"question": "q?", "score": 0})
+def test_no_targets_is_one_unlocated_no_target_feature(tmp_path):
+    collection = targets_geojson([], GeoReference(TRANSFORM, UTM), {"question": "q?", "score": 0})
     write_json(tmp_path / "m.geojson", collection)
     (feature,) = json.loads((tmp_path / "m.geojson").read_text())["features"]
     assert feature == {"type": "Feature", "geometry": None,
                        "properties": {"question": "q?", "score": 0, "no_target": True, "area_px": 0}}
+
+
+def test_a_target_id_map_geotiff_keeps_its_type_values_and_colours(tmp_path):
+    ids = square_mask().astype(np.uint16) * 300
+    colours = {0: (0, 0, 0, 0), 300: (60, 180, 75, 255)}
+    write_mask_geotiff(tmp_path / "ids.tif", ids, GeoReference(TRANSFORM, UTM), colours)
+    with rasterio.open(tmp_path / "ids.tif") as src:
+        assert src.dtypes == ("uint16",) and src.crs == UTM and src.transform == TRANSFORM
+        np.testing.assert_array_equal(src.read(1), ids)
+        assert src.colormap(1)[300] == (60, 180, 75, 255)
+
+
+def test_targets_geojson_is_one_multipolygon_feature_per_target():
+    """A target of two regions is one valid MultiPolygon feature; the target's properties win over the shared ones;
+    no targets is the empty mask's unlocated feature."""
+    geo = GeoReference(TRANSFORM, UTM)
+    single = np.zeros((60, 80), bool)
+    single[50:55, 0:4] = True
+    collection = targets_geojson([(square_mask(), {"target_id": 0, "score": 0.8}), (single, {"target_id": 1,
+                                  "score": 0.6})], geo, {"question": "q?", "score": 0.9})
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32640"
+    features = collection["features"]
+    geometries = [shape(f["geometry"]) for f in features]
+    assert [g.geom_type for g in geometries] == ["MultiPolygon", "Polygon"] and all(g.is_valid for g in geometries)
+    assert [f["properties"] for f in features] == [
+        {"question": "q?", "score": 0.8, "target_id": 0, "area_px": 210, "area_m2": 52.5},
+        {"question": "q?", "score": 0.6, "target_id": 1, "area_px": 20, "area_m2": 5.0}]
+    assert geometries[0].area == pytest.approx(210 * 0.25)
 
 
 def test_without_crs_nothing_claims_one(tmp_path):
@@ -114,7 +146,7 @@ def test_without_crs_nothing_claims_one(tmp_path):
     write_mask_geotiff(tmp_path / "m.tif", square_mask(), geo)
     with rasterio.open(tmp_path / "m.tif") as src:
         assert src.crs is None and src.transform == TRANSFORM
-    collection = mask_geojson(square_mask(), geo, {})
+    collection = targets_geojson([(square_mask(), {})], geo, {})
     assert "crs" not in collection and "area_m2" not in collection["features"][0]["properties"]
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from framework.core.errors import ConfigError, DataError
 from framework.data.augment import QuestionAwareAugment
-from framework.data.samples import NO_TARGET_ANSWER, MaskFile, Sample, SampleDataset, collate
+from framework.data.samples import NO_TARGET_ANSWER, InstanceFile, MaskFile, Sample, SampleDataset, collate
 
 
 class Listed(SampleDataset):
@@ -89,8 +89,57 @@ def test_a_batch_holds_each_image_once_and_says_which_image_each_question_asks_a
     batch = collate([ds[i] for i in range(4)])
     assert batch["image"].shape == (2, 3, 8, 8) and batch["image_index"].tolist() == [0, 1, 1, 0]
     assert len(batch["question"]) == 4 and len(batch["native_mask"]) == 4
+    assert batch["instances"].shape == (4, 8, 8) and batch["instances"].dtype == torch.uint8
+    assert torch.equal(batch["instances"], batch["mask"])  # no instance maps: the mask is instance 1
+    assert [(t.shape, t.dtype) for t in batch["native_instances"]] == [((8, 8), torch.uint8)] * 4
     torch.testing.assert_close(batch["image"][1], ds[1]["image"])
     # augmented with different draws, one file's samples are different images; with one draw (a grouped item) one
     ds.augment = QuestionAwareAugment(color=1.0)
     assert collate([ds.item(1, augment_seed=0), ds.item(2, augment_seed=1)])["image"].shape[0] == 2
     assert collate([ds.item(1, augment_seed=3), ds.item(2, augment_seed=3)])["image_index"].tolist() == [0, 0]
+
+
+def instance_sample(tmp_path) -> tuple[Sample, np.ndarray]:
+    """A 12x20 sample whose target is three instances (ids 1-3), and its id map."""
+    ids = np.zeros((12, 20), np.uint8)
+    ids[1:4, 2:6], ids[6:11, 3:5], ids[2:9, 12:19] = 1, 2, 3
+    image, mask, instances = tmp_path / "i.png", tmp_path / "i_m.png", tmp_path / "i_ids.png"
+    Image.fromarray(np.full((12, 20, 3), 70, np.uint8)).save(image)
+    Image.fromarray((ids > 0).astype(np.uint8) * 255).save(mask)
+    Image.fromarray(ids).save(instances)
+    return Sample("i", image, MaskFile(mask), "Which patches?", "Three.", True, "", InstanceFile(instances)), ids
+
+
+def test_items_carry_letterboxed_and_native_instance_ids(tmp_path):
+    one, ids = instance_sample(tmp_path)
+    ds = Listed([one, sample(tmp_path, "a", 1)])
+    ds.image_size = 40
+    item = ds[0]
+    assert item["instances"].shape == (40, 40) and item["instances"].dtype == torch.uint8
+    assert item["mask"].dtype == torch.uint8 and torch.equal(item["mask"], (item["instances"] > 0).to(torch.uint8))
+    np.testing.assert_array_equal(item["native_instances"].numpy(), ids)
+    np.testing.assert_array_equal(item["native_mask"].numpy(), ids > 0)
+    assert not item["instances"][:8].any() and not item["instances"][-8:].any()  # 40x24 image, padded 8 and 8
+    assert torch.unique(item["instances"]).tolist() == [0, 1, 2, 3]
+    batch = collate([ds[0], ds[1]])
+    assert batch["instances"].shape == (2, 40, 40)
+    assert [t.shape for t in batch["native_instances"]] == [(12, 20), (8, 8)]
+
+
+@pytest.mark.parametrize(
+    "config", [{"hflip": 1.0}, {"vflip": 1.0}, {"rot90": 1.0}, {"scale": [1.3, 1.3]}, {"scale": [0.7, 0.7]}],
+    ids=["hflip", "vflip", "rot90", "zoom_in", "zoom_out"],
+)
+def test_augmentation_moves_the_instance_ids_with_the_mask(tmp_path, config):
+    one, ids = instance_sample(tmp_path)
+    ds = Listed([one])
+    ds.image_size = 20
+    ds.augment = QuestionAwareAugment(**config)
+    for seed in range(4):
+        item = ds.item(0, augment_seed=seed)
+        native = item["native_instances"].numpy()
+        np.testing.assert_array_equal(item["native_mask"].numpy(), native > 0)
+        assert torch.equal(item["mask"], (item["instances"] > 0).to(torch.uint8))
+        for k in (1, 2, 3):  # each instance goes where its own mask alone would go
+            _, alone, _, _ = ds.augment(np.full((12, 20, 3), 70, np.uint8), ids == k, "q", "", seed)
+            np.testing.assert_array_equal(native == k, alone)

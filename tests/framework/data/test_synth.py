@@ -1,5 +1,5 @@
 """The synthetic EarthReason writer: exact layout and formats, determinism, label/answer consistency,
-sample mix, relational definitions and split-disjoint phrasings."""
+sample mix, relational definitions, instance maps and split-disjoint phrasings."""
 
 import hashlib
 import io
@@ -23,6 +23,8 @@ from framework.data.synth import (
     split_sizes,
     write_synthetic_dataset,
 )
+from framework.data.synth.targets import _choose_targets, _target
+from framework.data.synth.writer import MAX_INSTANCES, _instance_map
 
 SIZE = 128
 SCENES = 100  # 300 samples: enough to pin the shares of no-target and relational questions
@@ -42,8 +44,19 @@ def _samples(out: Path):
             yield split, qa_path.stem, json.loads(qa_path.read_text(encoding="utf-8")), label
 
 
-def _tree(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+def _instance_maps(out: Path):
+    """Yields (qa, label, instance ids) for every sample written under ``out``, both (S, S) uint8."""
+    for split, stem, qa, label in _samples(out):
+        yield qa, label, np.asarray(Image.open(out / split / "instances" / f"{stem}.png"))
+
+
+def _tree(out: Path, folders: tuple[str, ...] = ("images", "labels", "instances", "QAs")) -> dict[str, bytes]:
+    """Every file under ``out/<split>/<folder>`` for ``folders``, by relative path."""
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.relative_to(out).parts[1] in folders
+    }
 
 
 def test_layout_file_formats_and_stem_pairing(dataset):
@@ -54,12 +67,14 @@ def test_layout_file_formats_and_stem_pairing(dataset):
     q95_tables = Image.open(jpeg_q95).quantization
     for split in SPLITS:
         folder = out / split
-        assert sorted(p.name for p in folder.iterdir()) == ["QAs", "images", "labels"]
-        stems = {sub: sorted(p.stem for p in (folder / sub).iterdir()) for sub in ("images", "labels", "QAs")}
-        assert stems["images"] == stems["labels"] == stems["QAs"]
+        assert sorted(p.name for p in folder.iterdir()) == ["QAs", "images", "instances", "labels"]
+        subs = ("images", "labels", "instances", "QAs")
+        stems = {sub: sorted(p.stem for p in (folder / sub).iterdir()) for sub in subs}
+        assert stems["images"] == stems["labels"] == stems["instances"] == stems["QAs"]
         assert len(stems["images"]) == counts[split] > 0
         assert {p.suffix for p in (folder / "images").iterdir()} == {".jpg"}
         assert {p.suffix for p in (folder / "labels").iterdir()} == {".png"}
+        assert {p.suffix for p in (folder / "instances").iterdir()} == {".png"}
         assert {p.suffix for p in (folder / "QAs").iterdir()} == {".json"}
         for stem in stems["images"][:6]:
             image = Image.open(folder / "images" / f"{stem}.jpg")
@@ -67,6 +82,8 @@ def test_layout_file_formats_and_stem_pairing(dataset):
             assert image.quantization == q95_tables
             label = Image.open(folder / "labels" / f"{stem}.png")
             assert (label.format, label.mode, label.size) == ("PNG", "L", (SIZE, SIZE))
+            ids = Image.open(folder / "instances" / f"{stem}.png")
+            assert (ids.format, ids.mode, ids.size) == ("PNG", "L", (SIZE, SIZE))
             scene, k = stem.split("_")
             assert len(scene) == 5 and scene.isdigit() and k.isdigit()
     for _, stem, qa, label in _samples(out):
@@ -161,10 +178,11 @@ def test_same_arguments_write_identical_bytes_and_seed_changes_them(tmp_path):
     assert first["train/images/00000_0.jpg"] != other["train/images/00000_0.jpg"]
 
 
-# SHA-256 over every file written (sorted relative paths, each followed by a NUL byte and the file's bytes),
-# recorded from the generator as it was before framework/data/synth.py was split into a package: a change to
-# a digest means the generated data changed, not only the code. The second case uses the default image size
-# and samples per scene.
+# SHA-256 over every image, label and QA file written (sorted relative paths, each followed by a NUL byte and the
+# file's bytes), recorded from the generator as it was before framework/data/synth.py was split into a package: a
+# change to a digest means the generated data changed, not only the code. The instance maps came later and are
+# left out, so the digests also show that adding them changed no draw. The second case uses the default image
+# size and samples per scene.
 PINNED_OUTPUTS = [
     (dict(n=24, seed=3, image_size=96, samples_per_scene=3),
      "6baa609a14b9e67f6b5f31d0cf17fecd4ee508f06ccf882f372ed00e41f73aa5"),
@@ -176,7 +194,7 @@ PINNED_OUTPUTS = [
 def test_output_bytes_for_a_seed_are_pinned(tmp_path, arguments, digest):
     write_synthetic_dataset(tmp_path, **arguments)
     sha = hashlib.sha256()
-    for path, data in sorted(_tree(tmp_path).items()):
+    for path, data in sorted(_tree(tmp_path, folders=("images", "labels", "QAs")).items()):
         sha.update(path.encode() + b"\0")
         sha.update(data)
     assert sha.hexdigest() == digest
@@ -185,7 +203,7 @@ def test_output_bytes_for_a_seed_are_pinned(tmp_path, arguments, digest):
 def test_a_scene_does_not_depend_on_the_number_of_scenes(tmp_path):
     write_synthetic_dataset(tmp_path / "small", n=3, seed=2, image_size=64)
     write_synthetic_dataset(tmp_path / "large", n=6, seed=2, image_size=64)
-    for name in ("images/00000_0.jpg", "labels/00000_0.png", "labels/00000_1.png"):
+    for name in ("images/00000_0.jpg", "labels/00000_0.png", "labels/00000_1.png", "instances/00000_1.png"):
         assert (tmp_path / "small/train" / name).read_bytes() == (tmp_path / "large/train" / name).read_bytes()
 
 
@@ -195,7 +213,7 @@ def test_refuses_to_overwrite_unless_asked(tmp_path):
         write_synthetic_dataset(tmp_path, n=3, seed=1, image_size=64)
     counts = write_synthetic_dataset(tmp_path, n=3, seed=1, image_size=64, overwrite=True)
     for split in SPLITS:
-        for sub in ("images", "labels", "QAs"):
+        for sub in ("images", "labels", "instances", "QAs"):
             assert len(list((tmp_path / split / sub).iterdir())) == counts[split]
 
 
@@ -241,3 +259,66 @@ def test_relational_concepts_follow_their_definitions():
     instances["field"] = [instance(fields[0], "field"), instance(_box(size, 40, 0, 70, 30), "field")]
     instances["building"] = [instance(near, "building"), instance(_box(size, 65, 60, 72, 68), "building")]
     assert synth._relational_targets(instances, road_rows, size) == []
+
+
+def test_instance_ids_are_1_to_n_and_cover_exactly_the_label(dataset):
+    out, _ = dataset
+    counts = defaultdict(set)
+    for qa, label, ids in _instance_maps(out):
+        np.testing.assert_array_equal(ids > 0, label > 0)
+        present = np.unique(ids[ids > 0])
+        assert present.tolist() == list(range(1, len(present) + 1)), qa
+        if not qa["answer"]:
+            assert not ids.any()  # an absent concept has no instance
+        counts[qa["concept"]].add(len(present))
+    assert counts["largest_field"] == counts["building_nearest_water"] == {1}
+    assert max(counts["building"]) > 1 and max(counts["field"]) > 1 and max(counts["field_north_of_road"]) > 1
+
+
+def test_class_level_targets_have_one_id_per_visible_instance():
+    for scene in range(12):
+        rng = np.random.default_rng([3, scene])
+        builder = synth._SceneBuilder(rng, SIZE)
+        _, instances = builder.build()
+        for target in _choose_targets(rng, instances, builder.main_road_rows, SIZE, len(CLASS_CONCEPTS)):
+            ids = _instance_map(target, "scene")
+            np.testing.assert_array_equal(ids > 0, target.mask)
+            if target.concept in CLASS_CONCEPTS:  # ids are 1..n (above): n is the number of visible instances
+                assert ids.max() == len(instances[target.concept]) == len(target.instances)
+
+
+def test_relational_targets_have_their_instances():
+    size = 100
+    instance = synth._Instance
+    fields = [_box(size, 0, 0, 30, 30), _box(size, 40, 10, 60, 30), _box(size, 10, 70, 30, 90)]
+    instances = {concept: [] for concept in CLASS_CONCEPTS}
+    instances["field"] = [instance(m, "field") for m in fields]
+    targets = {t.concept: t for t in synth._relational_targets(instances, np.full(size, 50.0), size)}
+    north = _instance_map(targets["field_north_of_road"], "north")
+    assert north[fields[0]].tolist() == [1] * 900 and north[fields[1]].tolist() == [2] * 400  # by decreasing area
+    assert not north[fields[2]].any() and north.max() == 2
+    largest = _instance_map(targets["largest_field"], "largest")
+    np.testing.assert_array_equal(largest, fields[0].astype(np.uint8))
+
+
+def test_overlapping_instances_keep_their_ids_and_their_union():
+    size = 20
+    long, short = _box(size, 0, 8, 20, 12), _box(size, 8, 0, 12, 15)  # two roads crossing at rows/columns 8-11
+    ids = _instance_map(_target("road", [short, long], "roads", size), "crossing")
+    np.testing.assert_array_equal(ids > 0, long | short)
+    assert ids[10, 2] == 1 and ids[2, 10] == 2  # ordered by area, not by the list
+    assert (ids[8:12, 8:12] == 2).all()  # the smaller one wins the crossing
+    hidden = _box(size, 2, 2, 6, 6)
+    covered = _instance_map(_target("road", [hidden, _box(size, 0, 0, 10, 10), hidden], "x", size), "covered")
+    assert np.unique(covered).tolist() == [0, 1, 2]  # an instance without a pixel left gets no id
+
+
+def test_more_instances_than_an_8_bit_map_holds_is_a_data_error():
+    size = 16
+    pixels = []
+    for k in range(MAX_INSTANCES + 1):
+        mask = np.zeros((size, size), dtype=bool)
+        mask.flat[k] = True
+        pixels.append(mask)
+    with pytest.raises(DataError, match=f"here.png: 256 target instances, an 8-bit instance map holds {MAX_INSTANCES}"):
+        _instance_map(_target("building", pixels, "many", size), "here.png")

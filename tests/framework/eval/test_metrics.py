@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework.eval.metrics import PR_THRESHOLDS, ReasoningSegMetrics, iou_per_sample
+from framework.eval.metrics import PR_THRESHOLDS, ReasoningSegMetrics, TargetMetrics, iou_per_sample, matched_ious
 
 
 def numpy_reference(preds: np.ndarray, targets: np.ndarray) -> dict:
@@ -109,3 +109,30 @@ def test_masks_of_different_sizes_per_update_and_per_sample_rows():
     r = m.compute()
     assert r["n"] == 2 and r["ciou"] == pytest.approx(15 / 33)
     assert r["floor_full_giou"] == pytest.approx((1 + 18 / 54) / 2)
+
+
+def test_matched_ious_pair_each_instance_with_its_best_one_to_one_prediction():
+    target = torch.zeros(3, 4, 4, dtype=torch.bool)
+    target[0, :2, :2], target[1, 2:, 2:], target[2, 0, 3] = True, True, True
+    pred = torch.zeros(2, 4, 4, dtype=torch.bool)
+    pred[0, 2:, 2:] = True  # instance 1 exactly
+    pred[1, :2, :1] = True  # half of instance 0
+    ious = matched_ious(pred, target)
+    torch.testing.assert_close(ious, torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64))
+    # one prediction covering two instances matches one of them only
+    both = (target[0] | target[1])[None]
+    assert sorted(matched_ious(both, target[:2]).tolist()) == [0.0, 0.5]
+    assert matched_ious(pred[:0], target).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_target_metrics_average_over_instances_and_count_each_sample_once():
+    metric = TargetMetrics()
+    one = torch.ones(1, 2, 2, dtype=torch.bool)
+    two = torch.stack([torch.tensor([[1, 0], [0, 0]]), torch.tensor([[0, 0], [0, 1]])]).bool()
+    metric.update([two, one[:0]], [two, one], torch.tensor([0, 1]))
+    metric.update([two], [two], torch.tensor([0]))  # a repeat (DDP padding) counts once
+    out = metric.compute()
+    assert out["n_targets"] == 3 and out["target_giou"] == pytest.approx(2 / 3)
+    assert out["target_count_acc"] == pytest.approx(0.5)
+    assert metric.per_sample() == {"ids": [0, 1], "targets": [2, 1], "predicted_targets": [2, 0],
+                                   "target_iou_sum": [2.0, 0.0]}

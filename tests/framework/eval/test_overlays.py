@@ -1,12 +1,22 @@
 """Prediction overlays: the image at its own size plus a caption band, ground truth outlined in green, the
-prediction filled translucent red and outlined, one PNG per sample named by stem and id."""
+prediction filled translucent red and outlined (an answer's targets each in its palette colour), one PNG per sample
+named by stem and id."""
 
 import numpy as np
 from PIL import Image
 
 from framework.data.datamodule import build_dataset
 from framework.data.synth import write_synthetic_dataset
-from framework.eval.overlays import GT_COLOUR, PRED_COLOUR, PRED_FILL_ALPHA, outline, render_overlay, write_overlays
+from framework.eval.overlays import (
+    GT_COLOUR,
+    PALETTE,
+    PRED_COLOUR,
+    PRED_FILL_ALPHA,
+    outline,
+    palette_rgb,
+    render_overlay,
+    write_overlays,
+)
 
 
 def rectangle(shape, top, left, bottom, right):
@@ -40,6 +50,26 @@ def test_colours_size_and_caption_band():
     assert (pixels[:height][fill] == expected).all()
     assert (pixels[:height][~target & ~prediction] == 100).all()  # the rest of the image untouched
     assert pixels[height:].any()  # the caption is drawn
+
+
+def test_targets_are_each_filled_and_outlined_in_their_own_palette_colour():
+    """An id map (0 = none, k = target k): target k in ``palette_rgb(k - 1)``, the palette cycling past its end."""
+    height, width = 40, 70
+    image = np.full((height, width, 3), 100, dtype=np.uint8)
+    first, second = rectangle((height, width), 5, 5, 25, 30), rectangle((height, width), 10, 40, 35, 65)
+    ids = np.zeros((height, width), np.uint16)
+    ids[first], ids[second] = 1, len(PALETTE) + 1  # the second in the palette's first colour again
+    ids[30:35, 5:10] = 2
+    pixels = np.asarray(render_overlay(image, None, ids, "Where are the boats?  (3 targets)"))[:height]
+    for k in (1, 2, len(PALETTE) + 1):
+        region = ids == k
+        assert (pixels[outline(region)] == palette_rgb(k - 1)).all()
+        inside = region & ~outline(region)
+        expected = np.round((1 - PRED_FILL_ALPHA) * 100 + PRED_FILL_ALPHA * np.array(palette_rgb(k - 1)))
+        assert (pixels[inside] == expected).all()
+    assert palette_rgb(len(PALETTE)) == palette_rgb(0) != palette_rgb(1)
+    assert (pixels[ids == 0] == 100).all()
+    assert len({tuple(p) for p in pixels.reshape(-1, 3)}) > 3  # two colours, their fills and the untouched image
 
 
 def test_a_long_caption_wraps_onto_more_lines():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from framework.data.transforms import letterbox_geometry, letterbox_mask
-from framework.eval.postprocess import resample_to_original, unletterbox, unletterbox_probabilities
+from framework.eval.postprocess import disjoint_masks, resample_to_original, unletterbox, unletterbox_probabilities
 
 
 def blobs(height: int, width: int, seed: int) -> np.ndarray:
@@ -83,3 +83,18 @@ def test_bool_masks_and_probabilities() -> None:
 def test_mismatched_batch_is_refused() -> None:
     with pytest.raises(ValueError, match="2 maps, 1 boxes"):
         unletterbox(torch.zeros(2, 8, 8), [(0, 0, 8, 8)], [(8, 8), (8, 8)])
+
+
+def test_disjoint_masks_partition_the_answer_the_more_probable_target_first():
+    def rectangle(top, left, bottom, right):
+        mask = torch.zeros(10, 10, dtype=torch.bool)
+        mask[top:bottom, left:right] = True
+        return mask
+
+    first, second = rectangle(0, 0, 5, 5), rectangle(3, 3, 8, 8)
+    inside, outside = rectangle(1, 1, 2, 2), rectangle(9, 9, 10, 10)
+    kept = disjoint_masks([first, second, inside, outside], rectangle(0, 0, 8, 8))
+    # the overlap stays with the first; a target inside an earlier one, or outside the answer, is dropped
+    assert [index for index, _ in kept] == [0, 1]
+    torch.testing.assert_close(kept[0][1], first)
+    torch.testing.assert_close(kept[1][1], second & ~first)

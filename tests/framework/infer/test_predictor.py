@@ -3,6 +3,7 @@ large scenes in tiles, and clear errors (exit 2, nothing written) for bad input.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,15 +14,19 @@ import torch
 from PIL import Image
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
+from scipy import ndimage
 from shapely.geometry import box, shape
 
 from framework.cli.main import main
 from framework.core.errors import DataError
 from framework.core.model import SegEarthModel
 from framework.core.slot_clock import SlotClock
+from framework.data.geo import GeoReference
 from framework.data.transforms import letterbox_image
+from framework.eval.overlays import palette_rgb
 from framework.eval.postprocess import unletterbox_probabilities
-from framework.infer.predictor import Predictor, load_model
+from framework.infer.outputs import write_sample
+from framework.infer.predictor import LoadedImage, PredictedTarget, Prediction, Predictor, load_model
 from tests.framework.infer.test_bundle import tiny_experiment, write_checkpoint
 from tests.tiny import TINY_IMAGE_PATH, count_rows
 
@@ -321,7 +326,7 @@ def test_a_second_predict_into_the_same_out_replaces_the_first_whole(ckpt, tmp_p
     assert main([*base, "--question", QUESTIONS[1]]) == 0
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [r["question"] for r in rows] == [QUESTIONS[1]]
-    assert sorted(p.name for p in out.iterdir()) == sorted(["predictions.jsonl", rows[0]["mask"], rows[0]["overlay"]])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["predictions.jsonl", rows[0]["mask"], rows[0]["overlay"], rows[0]["targets_mask"]])
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging, aside or lock left
 
 
@@ -343,3 +348,151 @@ def test_out_holding_other_files_or_being_written_is_refused(ckpt, tmp_path, cap
         assert main([*base, str(busy)]) == 2
     assert "another segearth predict is writing there" in capsys.readouterr().err and not busy.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".busy.partial")]
+
+
+# ------------------------------------------------------------------ answers of several targets
+TARGETS_READOUT = {"name": "targets", "targets": 4, "layers": 1, "heads": 2}
+
+
+def targets_checkpoint(folder: Path) -> Path:
+    """A tiny model with target queries whose every query is a target (objectness bias 5: an untrained one may
+    choose none), whose answer covers most of an image (head bias 2) and whose targets are parts of it, each query
+    picking its own (their weights over the grid scaled up from their near-zero start)."""
+    _, cfg = tiny_experiment(folder)
+    cfg["model"]["readout"] = TARGETS_READOUT
+    path = write_checkpoint(cfg, folder / "targets.ckpt")
+    checkpoint = torch.load(path, weights_only=False)
+    state = checkpoint["state_dict"]
+    state["model.readout.objectness.bias"].fill_(5.0)
+    state["model.mask_head.bias"].fill_(2.0)
+    state["model.readout.where.weight"].normal_(0.0, 1.0, generator=torch.Generator().manual_seed(0))
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def targets_ckpt(tmp_path_factory) -> Path:
+    return targets_checkpoint(tmp_path_factory.mktemp("targets"))
+
+
+def read_ids(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path)).astype(np.int64)
+
+
+def test_predict_writes_each_answers_targets_as_an_id_map_geojson_features_and_a_geotiff(targets_ckpt, tmp_path):
+    """A one-tile PNG (the target queries' masks) and a two-tile GeoTIFF (the blended mask's regions): the id PNG
+    holds exactly the ids 0..len(targets), each target's pixel count is its record's area; the GeoJSON has one valid
+    feature per target with its id and score; the targets GeoTIFF lies on the mask GeoTIFF's grid with the PNG's
+    ids."""
+    Image.fromarray(scene(64, 64)).save(tmp_path / "one.png")
+    write_geotiff(tmp_path / "two.tif", scene(64, 96, 1))
+    (tmp_path / "m.csv").write_text("image,question\none.png,Where could a seaplane land?\ntwo.tif,Where?\n")
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(targets_ckpt), "--input", str(tmp_path / "m.csv"), "--out", str(out),
+                 "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["tiles"] for r in rows] == [1, 2] and "targets_geotiff" not in rows[0]  # the PNG has no georeference
+    for row in rows:
+        targets = row["targets"]
+        # the one-tile image: its target queries; the tiled scene: its mask's regions (here the whole scene)
+        assert len(targets) >= (2 if row["tiles"] == 1 else 1)
+        assert [t["id"] for t in targets] == list(range(len(targets)))
+        assert row["targets_mask"] == row["mask"].replace("_mask.png", "_targets.png")
+        ids = read_ids(out / row["targets_mask"])
+        assert ids.shape == (row["height"], row["width"])
+        np.testing.assert_array_equal(np.unique(ids[ids > 0]), np.arange(1, len(targets) + 1))
+        assert not ids[np.asarray(Image.open(out / row["mask"])) == 0].any()  # within the answer
+        assert np.bincount(ids.ravel())[1:].tolist() == [t["area_px"] for t in targets]
+    row, ids = rows[1], read_ids(out / rows[1]["targets_mask"])
+    assert [t["area_m2"] for t in row["targets"]] == [t["area_px"] * 0.25 for t in row["targets"]]
+    features = json.loads((out / row["geojson"]).read_text())["features"]
+    assert [(f["properties"]["target_id"], f["properties"]["score"]) for f in features] == [
+        (t["id"], t["score"]) for t in row["targets"]]
+    assert [f["properties"]["area_px"] for f in features] == [t["area_px"] for t in row["targets"]]
+    assert all(shape(f["geometry"]).is_valid for f in features)
+    with rasterio.open(out / row["mask_geotiff"]) as mask, rasterio.open(out / row["targets_geotiff"]) as src:
+        assert (src.transform, src.crs, src.shape) == (mask.transform, mask.crs, mask.shape)
+        np.testing.assert_array_equal(src.read(1), ids)
+
+
+def georeferenced_prediction(targets: list[np.ndarray], scores: list[float]) -> Prediction:
+    """A 40 x 60 answer of ``targets`` (bool masks), most probable first, on a 0.5 m grid in UTM."""
+    geo = GeoReference(from_origin(300000, 2780000, 0.5, 0.5), UTM)
+    image = LoadedImage(np.full((40, 60, 3), 100, np.uint8), "scene", None, geo)
+    mask = np.logical_or.reduce(targets)
+    found = [PredictedTarget(m, s, int(m.sum()), m.sum() * 0.25) for m, s in zip(targets, scores, strict=True)]
+    return Prediction("Where are the boats?", mask, mask.astype(np.float32), 0.9, int(mask.sum()),
+                      mask.sum() * 0.25, None, image, targets=found)
+
+
+def rectangle(top: int, left: int, bottom: int, right: int) -> np.ndarray:
+    mask = np.zeros((40, 60), bool)
+    mask[top:bottom, left:right] = True
+    return mask
+
+
+def test_targets_are_written_as_an_id_map_a_geotiff_and_one_geojson_feature_each(tmp_path):
+    """Two targets, the second of two regions: the id map and its GeoTIFF hold them by id, the second is one
+    MultiPolygon feature, and the overlay draws each target in its colour."""
+    first, second = rectangle(5, 5, 20, 25), rectangle(20, 20, 30, 40) | rectangle(32, 50, 38, 58)
+    prediction = georeferenced_prediction([first, second], [0.9, 0.8])
+    row = write_sample(prediction, 0, tmp_path)
+    assert [(t["id"], t["score"], t["area_px"], t["area_m2"]) for t in row["targets"]] == [
+        (0, 0.9, 300, 75.0), (1, 0.8, int(second.sum()), second.sum() * 0.25)]
+    ids = read_ids(tmp_path / row["targets_mask"])
+    np.testing.assert_array_equal(ids, first * 1 + second * 2)
+    with rasterio.open(tmp_path / row["targets_geotiff"]) as src:
+        np.testing.assert_array_equal(src.read(1), ids)
+        assert src.colormap(1)[1][:3] == palette_rgb(0) and src.colormap(1)[2][:3] == palette_rgb(1)
+    features = json.loads((tmp_path / row["geojson"]).read_text())["features"]
+    geometries = [shape(f["geometry"]) for f in features]
+    assert [g.geom_type for g in geometries] == ["Polygon", "MultiPolygon"] and all(g.is_valid for g in geometries)
+    assert [f["properties"]["area_m2"] for f in features] == [g.area for g in geometries] == [75.0, second.sum() * 0.25]
+    assert features[1]["properties"] == {"question": "Where are the boats?", "score": 0.8, "target_id": 1,
+                                         "area_px": int(second.sum()), "area_m2": second.sum() * 0.25}
+    overlay = np.asarray(Image.open(tmp_path / row["overlay"]))[:40]
+    colours = {tuple(p) for p in overlay.reshape(-1, 3)}
+    assert palette_rgb(0) in colours and palette_rgb(1) in colours
+
+
+def test_an_answer_with_no_targets_is_one_unlocated_no_target_feature_and_an_empty_id_map(tmp_path):
+    prediction = georeferenced_prediction([np.zeros((40, 60), bool)], [0.9])
+    prediction = dataclasses.replace(prediction, targets=[], score=0.0)
+    row = write_sample(prediction, 0, tmp_path)
+    assert row["targets"] == [] and not read_ids(tmp_path / row["targets_mask"]).any()
+    (feature,) = json.loads((tmp_path / row["geojson"]).read_text())["features"]
+    assert feature == {"type": "Feature", "geometry": None,
+                       "properties": {"question": "Where are the boats?", "score": 0.0, "no_target": True,
+                                      "area_px": 0}}
+
+
+def test_more_than_255_targets_make_a_16_bit_id_map(tmp_path):
+    cells = [rectangle(r, c, r + 1, c + 1) for r in range(0, 40, 2) for c in range(0, 60, 4)]  # 300 pixels apart
+    row = write_sample(georeferenced_prediction(cells, [0.9] * len(cells)), 0, tmp_path)
+    ids = read_ids(tmp_path / row["targets_mask"])
+    assert len(row["targets"]) == 300 and ids.max() == 300 and ids[38, 56] == 300
+    with rasterio.open(tmp_path / row["targets_geotiff"]) as src:
+        assert src.dtypes == ("uint16",)
+        np.testing.assert_array_equal(src.read(1), ids)
+
+
+def test_a_model_without_target_queries_answers_with_the_regions_of_its_mask(tmp_path):
+    """Its targets are the connected regions of the answer mask, most probable (mean probability) first, each one
+    GeoJSON feature and one id in the targets PNG."""
+    _, cfg = tiny_experiment(tmp_path)
+    cfg["eval"]["threshold"] = -2.0  # partial masks from an untrained head near its prior
+    path = write_checkpoint(cfg, tmp_path / "plain.ckpt")
+    write_geotiff(tmp_path / "s.tif", scene(64, 64))
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(path), "--image", str(tmp_path / "s.tif"), "--question", "Where?",
+                 "--out", str(out), "--no-progress"]) == 0
+    row = json.loads((out / "predictions.jsonl").read_text())
+    mask = np.asarray(Image.open(out / row["mask"])) > 0
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
+    targets, ids = row["targets"], read_ids(out / row["targets_mask"])
+    assert count >= 1 and len(targets) == count and sorted(t["area_px"] for t in targets) == sorted(
+        np.bincount(labels.ravel())[1:].tolist())
+    np.testing.assert_array_equal(ids > 0, mask)
+    assert [t["score"] for t in targets] == sorted((t["score"] for t in targets), reverse=True)
+    features = json.loads((out / row["geojson"]).read_text())["features"]
+    assert [f["properties"]["target_id"] for f in features] == list(range(count))

@@ -8,6 +8,9 @@ import torch
 
 from framework.core.config import with_defaults
 from framework.core.model import upsample_logits
+from framework.core.readout import chosen_targets
+from framework.eval.metrics import matched_ious
+from framework.train.matching import instance_masks
 from framework.train.task import SegEarthTask
 from tests.tiny import TINY_IMAGE_PATH, tiny_config
 
@@ -67,3 +70,46 @@ def test_a_tiny_model_overfits_a_handful_of_samples(path):
     # every deep-supervised prediction) has a floor well above zero: it falls about threefold, not to nothing
     assert last < first / 3, f"{path}: loss {first:.3f} -> {last:.3f}"
     assert iou > 0.9, f"{path}: IoU on the training samples {iou:.3f}"
+
+
+def red_squares(n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images [U,3,S,S], instance ids [U,S,S]): on grey noise, two red squares apart in each image (ids 1, 2)."""
+    g = torch.Generator().manual_seed(1)
+    images = 0.4 + 0.1 * torch.rand(n_images, 3, SIZE, SIZE, generator=g)
+    ids = torch.zeros(n_images, SIZE, SIZE, dtype=torch.uint8)
+    for i in range(n_images):
+        for k, half in enumerate((slice(0, SIZE // 2), slice(SIZE // 2, SIZE))):  # one square in each half
+            top = int(torch.randint(0, SIZE - 16, (1,), generator=g))
+            left = half.start + int(torch.randint(0, SIZE // 2 - 16, (1,), generator=g))
+            images[i, :, top : top + 16, left : left + 16] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+            ids[i, top : top + 16, left : left + 16] = k + 1
+    return images, ids
+
+
+@pytest.mark.slow
+def test_target_queries_learn_one_mask_per_instance():
+    cfg = tiny_config()
+    cfg["model"]["mask_head"] = {"name": "fpn", "dim": 16, "query_dim": 32}
+    cfg["model"]["readout"] = {"name": "targets", "targets": 4, "level": 1, "layers": 2, "heads": 2}
+    torch.manual_seed(0)
+    task = SegEarthTask(with_defaults(cfg))
+    images, ids = red_squares(4)
+    questions, index = ["Where is each red square?"] * 4, torch.arange(4)
+    optimizer = torch.optim.AdamW(task.parameters(), lr=3e-3)
+    task.train()
+    for _ in range(STEPS):
+        out = task.model(images, questions, index)
+        loss = task._loss(out, (ids > 0).float(), point_sampled=False, instances=ids)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    task.eval()
+    with torch.no_grad():
+        out = task.model(images, questions, index)
+    ious = []
+    for row, chosen in enumerate(chosen_targets(out.target_scores, torch.ones(4, dtype=torch.bool))):
+        assert len(chosen) == 2, f"image {row}: {len(chosen)} targets chosen, 2 squares"
+        pred = upsample_logits(out.target_logits[row, chosen], (SIZE, SIZE)) > 0
+        ious.append(matched_ious(pred, instance_masks(ids[row])))
+    iou = float(torch.cat(ious).mean())
+    assert iou > 0.8, f"per-target matched IoU on the training samples {iou:.3f}"

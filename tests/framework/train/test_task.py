@@ -34,12 +34,13 @@ NATIVE_SHAPE = (60, 96)  # (H, W) of the cropped test images: letterboxed into 6
 
 @pytest.fixture(scope="module")
 def nonsquare_root(tmp_path_factory):
-    """Synthetic scenes whose test images and labels are cropped to a landscape 96×60, so the letterbox pads."""
+    """Synthetic scenes whose test images, labels and instance maps are cropped to a landscape 96×60, so the letterbox pads."""
     root = tmp_path_factory.mktemp("nonsquare")
     write_synthetic_dataset(root, n=6, seed=3, image_size=96, samples_per_scene=5)
     top = (96 - NATIVE_SHAPE[0]) // 2
-    for path in [*(root / "test" / "images").iterdir(), *(root / "test" / "labels").iterdir()]:
-        Image.open(path).crop((0, top, NATIVE_SHAPE[1], top + NATIVE_SHAPE[0])).save(path)
+    for folder in ("images", "labels", "instances"):
+        for path in (root / "test" / folder).iterdir():
+            Image.open(path).crop((0, top, NATIVE_SHAPE[1], top + NATIVE_SHAPE[0])).save(path)
     return root
 
 
