@@ -131,7 +131,7 @@ class _ConceptReadout(nn.Module):
 
 
 class _TargetLayer(nn.Module):
-    """Pre-norm: queries += attention(queries + pos -> memory + pos); += self-attention; += MLP."""
+    """Pre-norm: queries += attention(queries -> keys memory + pos, values memory); += self-attention; += MLP."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -196,16 +196,12 @@ class TargetsReadout(QueryReadout):
 
 
 def fourier_grid(h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Fourier features of an h x w grid [h,w,dim] (dim divisible by 4): sin and cos of y and of x, each at dim/4
-    frequencies from one period over the grid to one per 4 cells, spaced geometrically; unit variance per feature."""
+    """Fourier features of an h x w grid [h,w,dim] (dim divisible by 4): the sine encoding at dim/4 frequencies per
+    axis from one period over the grid to one per 4 cells, spaced geometrically; unit variance per feature."""
     quarter = dim // 4
     highest = max(1.0, min(h, w) / 4)
     freqs = highest ** (torch.arange(quarter, device=device, dtype=torch.float32) / max(1, quarter - 1))
-    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 * math.pi
-    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 * math.pi
-    y = (ys[:, None] * freqs)[:, None, :].expand(h, w, quarter)
-    x = (xs[:, None] * freqs)[None, :, :].expand(h, w, quarter)
-    return (torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=-1) * math.sqrt(2)).to(dtype)
+    return sine_position_encoding_2d(h, w, dim, device, dtype, freqs).reshape(h, w, dim) * math.sqrt(2)
 
 
 @READOUTS.register("concept_teacher")

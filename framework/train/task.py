@@ -218,7 +218,8 @@ class SegEarthTask(L.LightningModule):
 
     def _log_metrics(self, prefix: str, values: dict[str, float]) -> None:
         """Scores only (no counts, no floors: those are in the results files)."""
-        loggable = {k: v for k, v in values.items() if "floor" not in k and k.split("/")[-1] not in ("n", "n_empty")}
+        counts = ("n", "n_empty", "n_targets")
+        loggable = {k: v for k, v in values.items() if "floor" not in k and k.split("/")[-1] not in counts}
         # already gathered, so equal on every process: the max of equal values keeps them exact (a mean over 3
         # processes may not), and a synced value spares Lightning's "use sync_dist=True" warning under DDP
         self.log_dict({f"{prefix}/{k}": float(v) for k, v in loggable.items()}, sync_dist=True, reduce_fx="max")

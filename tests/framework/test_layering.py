@@ -24,8 +24,10 @@ ALLOWED = {
     "cli": {"core", "data", "eval", "track", "train", "infer", "sweep"},
     "framework": {"infer"},  # the package's lazy ``load_model``
 }
-# a component knows only its contract: these modules of the framework, and other components
-COMPONENT_ALLOWED = {"framework.core.contracts", "framework.core.registry", "framework.core.errors"}
+# a component knows only its contract: these modules of the framework (and the position codes it shares with the
+# read-outs), and other components
+COMPONENT_ALLOWED = {"framework.core.contracts", "framework.core.registry", "framework.core.errors",
+                     "framework.core.positions"}
 
 
 def module_name(path: Path) -> str:
