@@ -119,23 +119,6 @@ def write_mask_geotiff(
     return path
 
 
-def mask_regions(mask: np.ndarray, geo: GeoReference) -> list[tuple[Any, float]]:
-    """The mask's connected regions (8-connected) as (valid shapely polygon or multipolygon in CRS coordinates, area
-    in pixels). A region whose pixels touch only at a corner comes out of the tracing as a ring that touches itself,
-    which GIS tools reject: it is split at that corner (``make_valid``; the area is unchanged)."""
-    from rasterio.features import shapes
-    from shapely import make_valid
-    from shapely.geometry import shape
-
-    pixel_area = abs(geo.transform.determinant)
-    regions = []
-    for geometry, _ in shapes(mask.astype(np.uint8), mask=mask, connectivity=8, transform=geo.transform):
-        polygon = shape(geometry)
-        polygon = polygon if polygon.is_valid else make_valid(polygon)
-        regions.append((polygon, float(polygon.area / pixel_area)))
-    return regions
-
-
 def _feature(geometry: dict, properties: dict[str, Any], area_px: float, pixel_m2: float | None) -> dict:
     """A GeoJSON feature with ``properties`` plus ``area_px`` (and ``area_m2`` in a metric CRS)."""
     area = {"area_px": round(area_px)}
@@ -157,21 +140,29 @@ def _collection(features: list[dict], properties: dict[str, Any], geo: GeoRefere
     return collection
 
 
-def targets_geojson(targets: list[tuple[np.ndarray, dict[str, Any]]], geo: GeoReference,
-                    properties: dict[str, Any]) -> dict:
-    """A GeoJSON FeatureCollection with one feature per target (non-empty bool [H,W] mask, its own properties): all
-    the target's regions (``mask_regions``) as one valid (Multi)Polygon, with ``properties`` updated by the target's
-    own, plus its ``area_px`` (and ``area_m2`` in a metric CRS). Coordinates are in the input's CRS, named in a
-    ``crs`` member when it has an EPSG code (read by GDAL/QGIS; RFC 7946 readers assume WGS 84). No targets: one
-    feature without geometry (RFC 7946's unlocated feature) whose properties say ``no_target``."""
-    from shapely import unary_union
-    from shapely.geometry import mapping
+def targets_geojson(
+    ids: np.ndarray, targets: list[dict[str, Any]], geo: GeoReference, properties: dict[str, Any]
+) -> dict:
+    """A GeoJSON FeatureCollection with one feature per target of the id map ``ids`` uint8/uint16 [H,W] (0 = none,
+    i + 1 = target i, whose own properties are ``targets[i]``): all the target's regions as one valid (Multi)Polygon, with
+    ``properties`` updated by the target's own, plus its ``area_px`` (and ``area_m2`` in a metric CRS). A region
+    whose pixels touch only at a corner comes out of the tracing as a ring that touches itself, which GIS tools
+    reject: it is split at that corner (``make_valid``; the area is unchanged). Coordinates are in the input's CRS,
+    named in a ``crs`` member when it has an EPSG code (read by GDAL/QGIS; RFC 7946 readers assume WGS 84). No
+    targets: one feature without geometry (RFC 7946's unlocated feature) whose properties say ``no_target``."""
+    from rasterio.features import shapes
+    from shapely import make_valid, unary_union
+    from shapely.geometry import mapping, shape
 
-    pixel_m2 = geo.pixel_area_m2
+    pixel_area = abs(geo.transform.determinant)
+    polygons: dict[int, list[Any]] = {}
+    for geometry, value in shapes(ids, mask=ids > 0, connectivity=8, transform=geo.transform):
+        polygon = shape(geometry)
+        polygons.setdefault(int(value), []).append(polygon if polygon.is_valid else make_valid(polygon))
     features = []
-    for mask, own in targets:
-        polygons, areas = zip(*mask_regions(mask, geo), strict=True)
-        features.append(_feature(mapping(unary_union(polygons)), {**properties, **own}, sum(areas), pixel_m2))
+    for index, own in enumerate(targets):
+        union = unary_union(polygons[index + 1])
+        features.append(_feature(mapping(union), {**properties, **own}, union.area / pixel_area, geo.pixel_area_m2))
     return _collection(features, properties, geo)
 
 

@@ -35,7 +35,7 @@ from framework.core.errors import DataError, UserError
 from framework.core.slot_clock import SlotClock
 from framework.data.geo import GeoReference, targets_geojson, write_json, write_mask_geotiff
 from framework.eval.overlays import palette_rgb, render_overlay
-from framework.infer.predictor import PredictedTarget, Prediction
+from framework.infer.predictor import Prediction
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 OVERLAY_MAX_SIDE = 2048  # overlays of larger scenes are downscaled (the masks and GeoTIFFs keep full size)
@@ -98,15 +98,16 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read ({exc})") from None
 
 
-def target_ids(targets: list[PredictedTarget], shape: tuple[int, int]) -> np.ndarray:
-    """The id map [H,W] of ``targets`` (they do not overlap): 0 = none, i + 1 = ``targets[i]``;
-    uint8, or uint16 past 255 targets (the most a PNG holds: 65535)."""
-    if len(targets) > np.iinfo(np.uint16).max:
-        raise DataError(f"{len(targets)} targets: a target id map holds at most {np.iinfo(np.uint16).max}")
-    ids = np.zeros(shape, np.uint8 if len(targets) <= np.iinfo(np.uint8).max else np.uint16)
-    for index, target in enumerate(targets):
-        ids[target.mask] = index + 1
-    return ids
+def target_ids(prediction: Prediction) -> np.ndarray:
+    """The id map [H,W] of the prediction's targets as a PNG holds it: uint8 up to 255 targets, else uint16 (the
+    most a PNG holds: 65,535)."""
+    count = len(prediction.targets)
+    if count > np.iinfo(np.uint16).max:
+        raise DataError(f"{count} targets: a target id map holds at most {np.iinfo(np.uint16).max}")
+    dtype = np.uint8 if count <= np.iinfo(np.uint8).max else np.uint16
+    if prediction.target_ids is None:
+        return np.zeros(prediction.mask.shape, dtype)
+    return prediction.target_ids.astype(dtype, copy=False)
 
 
 def _caption(prediction: Prediction) -> str:
@@ -138,14 +139,14 @@ def _id_colours(count: int) -> dict[int, tuple[int, int, int, int]]:
     return {0: (0, 0, 0, 0)} | {index + 1: (*palette_rgb(index), 255) for index in range(count)}
 
 
-def _geojson(prediction: Prediction, geo: GeoReference) -> dict:
+def _geojson(prediction: Prediction, ids: np.ndarray, geo: GeoReference) -> dict:
     """The GeoJSON of ``prediction``: one (Multi)Polygon feature per target, with its ``target_id`` (its id in the
     row's ``targets``) and its ``score``; none: one unlocated ``no_target`` feature."""
     properties = {"question": prediction.question, "score": round(prediction.score, 6)}
     if prediction.target_score is not None:
         properties["target_score"] = round(prediction.target_score, 6)
-    targets = [(t.mask, {"target_id": i, "score": round(t.score, 6)}) for i, t in enumerate(prediction.targets)]
-    return targets_geojson(targets, geo, properties)
+    own = [{"target_id": i, "score": round(t.score, 6)} for i, t in enumerate(prediction.targets)]
+    return targets_geojson(ids, own, geo, properties)
 
 
 def write_sample(prediction: Prediction, index: int, folder: Path) -> dict:
@@ -154,7 +155,7 @@ def write_sample(prediction: Prediction, index: int, folder: Path) -> dict:
     stem = f"{index:04d}_{prediction.image.name}"
     row = {"index": index, **prediction.record(), "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png"}
     Image.fromarray(prediction.mask.astype(np.uint8) * 255).save(folder / row["mask"])
-    ids = target_ids(prediction.targets, prediction.mask.shape)
+    ids = target_ids(prediction)
     row["targets_mask"] = f"{stem}_targets.png"
     Image.fromarray(ids).save(folder / row["targets_mask"])
     _overlay(prediction, ids).save(folder / row["overlay"])
@@ -165,7 +166,7 @@ def write_sample(prediction: Prediction, index: int, folder: Path) -> dict:
         write_mask_geotiff(folder / row["mask_geotiff"], prediction.mask, geo)
         row["targets_geotiff"] = f"{stem}_targets.tif"
         write_mask_geotiff(folder / row["targets_geotiff"], ids, geo, _id_colours(len(prediction.targets)))
-        write_json(folder / row["geojson"], _geojson(prediction, geo))
+        write_json(folder / row["geojson"], _geojson(prediction, ids, geo))
     return row
 
 

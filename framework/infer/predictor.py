@@ -69,10 +69,9 @@ class LoadedImage:
 
 @dataclass
 class PredictedTarget:
-    """One target of an answer: ``mask`` bool [H,W] at the image's native size (within the answer's own mask for a
-    tiled scene), ``score`` in [0, 1], ``area_px`` and ``area_m2`` (georeferenced in a metric CRS, else None)."""
+    """One target of an answer, whose pixels are those of ``Prediction.target_ids`` equal to its index + 1: ``score``
+    in [0, 1], ``area_px`` and ``area_m2`` (georeferenced in a metric CRS, else None)."""
 
-    mask: np.ndarray
     score: float
     area_px: int
     area_m2: float | None
@@ -90,7 +89,8 @@ class Prediction:
     in words, ``Predictor.answer_note`` says why). ``no_target``: the
     answer is "nothing here" (its mask is empty: decided so by the model's target decision, or simply empty);
     ``target_score``: the target decision's probability that there is a target (the largest over the tiles of a
-    tiled scene; None: the model has no target decision). ``targets``: the answer's targets (module docstring)."""
+    tiled scene; None: the model has no target decision). ``targets``: the answer's targets (module docstring), and
+    ``target_ids`` uint16 [H,W] their pixels (0 = none, i + 1 = ``targets[i]``; uint32 past 65,535 targets)."""
 
     question: str
     mask: np.ndarray
@@ -103,6 +103,7 @@ class Prediction:
     tiles: int = 1
     target_score: float | None = None
     targets: list[PredictedTarget] = field(default_factory=list)
+    target_ids: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def no_target(self) -> bool:
@@ -382,30 +383,32 @@ class Predictor:
         native = resample_to_original(logits, [box] * logits.shape[0], [size] * logits.shape[0], self.image_size)
         return [(mask_logits > self.threshold).cpu() for mask_logits in native], scores.float().sigmoid().tolist()
 
-    @staticmethod
-    def _region_targets(mask: np.ndarray, probability: np.ndarray) -> tuple[list[torch.Tensor], list[float]]:
-        """Targets as the connected regions (8-connected) of the answer mask, by their mean probability."""
-        labels, count = region_labels(mask)
-        if count == 0:
-            return [], []
-        index = np.arange(1, count + 1)
-        scores = ndimage.mean(probability, labels, index)
-        order = np.argsort(-scores, kind="stable")
-        return [torch.from_numpy(labels == index[k]) for k in order], [float(scores[k]) for k in order]
-
     def _targets(
-        self, found: tuple[list[torch.Tensor], list[float]], mask: np.ndarray, image: LoadedImage
-    ) -> list[PredictedTarget]:
-        """``found`` (target masks most probable first, their scores) within the answer ``mask``, without overlaps
-        (``disjoint_masks``)."""
-        masks, scores = found
+        self, found: tuple[list[torch.Tensor], list[float]] | None, mask: np.ndarray, probability: np.ndarray,
+        image: LoadedImage,
+    ) -> tuple[np.ndarray, list[PredictedTarget]]:
+        """The answer's target id map [H,W] and targets, most probable first: ``found`` (a one-tile image's chosen
+        target query masks, most probable first, and their probabilities) within the answer ``mask`` without
+        overlaps (``disjoint_masks``), or (None) the connected regions of ``mask`` by their mean ``probability``."""
+        if found is not None:
+            masks, scores = found
+            kept = disjoint_masks(masks, torch.from_numpy(mask))
+            ids = np.zeros(mask.shape, dtype=np.uint16)
+            for number, (_, own) in enumerate(kept, start=1):
+                ids[own.numpy()] = number
+            scores = [scores[index] for index, _ in kept]
+        else:
+            labels, count = region_labels(mask)
+            means = ndimage.mean(probability, labels, np.arange(1, count + 1)) if count else np.zeros(0)
+            order = np.argsort(-means, kind="stable")  # region order[j] becomes target j
+            rank = np.zeros(count + 1, dtype=np.uint16 if count <= np.iinfo(np.uint16).max else np.uint32)
+            rank[order + 1] = np.arange(1, count + 1)
+            ids, scores = rank[labels], [float(means[k]) for k in order]
+        areas = np.bincount(ids.ravel(), minlength=len(scores) + 1)[1:]
         pixel_m2 = image.geo.pixel_area_m2 if image.geo is not None else None
-        targets = []
-        for index, own in disjoint_masks(masks, torch.from_numpy(mask)):
-            area = int(own.sum())
-            area_m2 = None if pixel_m2 is None else area * pixel_m2
-            targets.append(PredictedTarget(own.numpy(), scores[index], area, area_m2))
-        return targets
+        targets = [PredictedTarget(score, int(area), None if pixel_m2 is None else int(area) * pixel_m2)
+                   for score, area in zip(scores, areas, strict=True)]
+        return ids, targets
 
     def _prediction(self, scene: _Scene, q: int, question: str) -> Prediction:
         blender = scene.blenders[q]
@@ -415,10 +418,7 @@ class Predictor:
         area = int(mask.sum())
         image = scene.image
         pixel_m2 = image.geo.pixel_area_m2 if image.geo is not None else None
-        found = scene.targets[q]
-        if found is None:  # no target queries to answer (module docstring)
-            found = self._region_targets(mask, probability)
-        targets = self._targets(found, mask, image)
+        target_ids, targets = self._targets(scene.targets[q], mask, probability, image)
         return Prediction(
             question=question,
             mask=mask,
@@ -431,6 +431,7 @@ class Predictor:
             tiles=len(blender.tiles),
             target_score=scene.target_scores[q],
             targets=targets,
+            target_ids=target_ids,
         )
 
 

@@ -14,7 +14,6 @@ from framework.core.errors import DataError
 from framework.data.geo import (
     GeoReference,
     atomic_output,
-    mask_regions,
     read_geotiff,
     targets_geojson,
     write_json,
@@ -76,11 +75,10 @@ def test_mask_geotiff_keeps_crs_transform_and_values(tmp_path):
 
 
 def test_geojson_polygons_lie_on_the_pixels_in_the_input_crs(tmp_path):
-    mask = square_mask()
-    small = np.zeros_like(mask)
-    small[40:, :] = mask[40:, :]
-    targets = [(mask & ~small, {"target_id": 0}), (small, {"target_id": 1})]
-    collection = targets_geojson(targets, GeoReference(TRANSFORM, UTM), {"question": "q?", "score": 0.9})
+    ids = square_mask().astype(np.uint8)
+    ids[40:] *= 2  # the small rectangle is target 1
+    collection = targets_geojson(ids, [{"target_id": 0}, {"target_id": 1}], GeoReference(TRANSFORM, UTM),
+                                 {"question": "q?", "score": 0.9})
     write_json(tmp_path / "m.geojson", collection)
     data = json.loads((tmp_path / "m.geojson").read_text())
     assert data["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32640"
@@ -100,12 +98,15 @@ def test_pixels_that_touch_at_a_corner_give_a_valid_geometry_of_the_same_area():
     mask = np.zeros((8, 8), bool)
     mask[1:4, 1:4] = mask[4:7, 4:7] = True  # two squares, one corner shared: one 8-connected region
     mask[2, 2] = False  # and a hole
-    ((polygon, area_px),) = mask_regions(mask, GeoReference(TRANSFORM, UTM))
-    assert polygon.is_valid and area_px == mask.sum() and polygon.area == pytest.approx(mask.sum() * 0.25)
+    (feature,) = targets_geojson(mask.astype(np.uint8), [{}], GeoReference(TRANSFORM, UTM), {})["features"]
+    polygon = shape(feature["geometry"])
+    assert polygon.is_valid and feature["properties"]["area_px"] == mask.sum()
+    assert polygon.area == pytest.approx(mask.sum() * 0.25)
 
 
 def test_no_targets_is_one_unlocated_no_target_feature(tmp_path):
-    collection = targets_geojson([], GeoReference(TRANSFORM, UTM), {"question": "q?", "score": 0})
+    collection = targets_geojson(np.zeros((8, 8), np.uint8), [], GeoReference(TRANSFORM, UTM), {"question": "q?",
+                                                                                                "score": 0})
     write_json(tmp_path / "m.geojson", collection)
     (feature,) = json.loads((tmp_path / "m.geojson").read_text())["features"]
     assert feature == {"type": "Feature", "geometry": None,
@@ -126,10 +127,10 @@ def test_targets_geojson_is_one_multipolygon_feature_per_target():
     """A target of two regions is one valid MultiPolygon feature; the target's properties win over the shared ones;
     no targets is the empty mask's unlocated feature."""
     geo = GeoReference(TRANSFORM, UTM)
-    single = np.zeros((60, 80), bool)
-    single[50:55, 0:4] = True
-    collection = targets_geojson([(square_mask(), {"target_id": 0, "score": 0.8}), (single, {"target_id": 1,
-                                  "score": 0.6})], geo, {"question": "q?", "score": 0.9})
+    ids = square_mask().astype(np.uint16)
+    ids[50:55, 0:4] = 2
+    collection = targets_geojson(ids, [{"target_id": 0, "score": 0.8}, {"target_id": 1, "score": 0.6}], geo,
+                                 {"question": "q?", "score": 0.9})
     assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32640"
     features = collection["features"]
     geometries = [shape(f["geometry"]) for f in features]
@@ -146,7 +147,7 @@ def test_without_crs_nothing_claims_one(tmp_path):
     write_mask_geotiff(tmp_path / "m.tif", square_mask(), geo)
     with rasterio.open(tmp_path / "m.tif") as src:
         assert src.crs is None and src.transform == TRANSFORM
-    collection = targets_geojson([(square_mask(), {})], geo, {})
+    collection = targets_geojson(square_mask().astype(np.uint8), [{}], geo, {})
     assert "crs" not in collection and "area_m2" not in collection["features"][0]["properties"]
 
 

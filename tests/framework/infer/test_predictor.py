@@ -420,9 +420,12 @@ def georeferenced_prediction(targets: list[np.ndarray], scores: list[float]) -> 
     geo = GeoReference(from_origin(300000, 2780000, 0.5, 0.5), UTM)
     image = LoadedImage(np.full((40, 60, 3), 100, np.uint8), "scene", None, geo)
     mask = np.logical_or.reduce(targets)
-    found = [PredictedTarget(m, s, int(m.sum()), m.sum() * 0.25) for m, s in zip(targets, scores, strict=True)]
+    ids = np.zeros(mask.shape, np.uint16)
+    for number, target in enumerate(targets, start=1):
+        ids[target] = number
+    found = [PredictedTarget(s, int(m.sum()), m.sum() * 0.25) for m, s in zip(targets, scores, strict=True)]
     return Prediction("Where are the boats?", mask, mask.astype(np.float32), 0.9, int(mask.sum()),
-                      mask.sum() * 0.25, None, image, targets=found)
+                      mask.sum() * 0.25, None, image, targets=found, target_ids=ids)
 
 
 def rectangle(top: int, left: int, bottom: int, right: int) -> np.ndarray:
@@ -457,7 +460,7 @@ def test_targets_are_written_as_an_id_map_a_geotiff_and_one_geojson_feature_each
 
 def test_an_answer_with_no_targets_is_one_unlocated_no_target_feature_and_an_empty_id_map(tmp_path):
     prediction = georeferenced_prediction([np.zeros((40, 60), bool)], [0.9])
-    prediction = dataclasses.replace(prediction, targets=[], score=0.0)
+    prediction = dataclasses.replace(prediction, targets=[], target_ids=None, score=0.0)
     row = write_sample(prediction, 0, tmp_path)
     assert row["targets"] == [] and not read_ids(tmp_path / row["targets_mask"]).any()
     (feature,) = json.loads((tmp_path / row["geojson"]).read_text())["features"]
