@@ -95,9 +95,9 @@ def concept_table(samples: list[dict[str, Any]]) -> str:
 
 
 def targets_table(samples: list[dict[str, Any]]) -> str:
-    """For a model with target queries: union gIoU / cIoU, per-target matched gIoU (the mean over ground-truth
-    instances of each one's matched IoU) and the share of samples with the right count of targets, for the samples
-    with several instances, with one, and all with a target (empty when the model has no target queries)."""
+    """Union gIoU / cIoU, per-target matched gIoU (the mean over ground-truth instances of each one's matched IoU)
+    and the share of samples with the right count of targets, for the samples with several instances, with one, and
+    all with a target (empty without per-target counts in the samples)."""
     if not samples or "targets" not in samples[0]:
         return ""
     groups = {

@@ -184,10 +184,10 @@ class SegEarthTask(L.LightningModule):
         for row, answer in enumerate(answers):
             if chosen is not None:
                 masks = list(upsample_logits(out.target_logits[row, chosen[row]], size) > threshold)
-            else:
+                kept = [own for _, own in disjoint_masks(masks, answer)]
+            else:  # regions: disjoint and within the answer already
                 labels, count = region_labels(answer.cpu().numpy())
-                masks = [torch.from_numpy(labels == k).to(answer.device) for k in range(1, count + 1)]
-            kept = [own for _, own in disjoint_masks(masks, answer)]
+                kept = [torch.from_numpy(labels == k).to(answer.device) for k in range(1, count + 1)]
             preds.append(torch.stack(kept) if kept else answer.new_zeros(0, *size))
         targets = [instance_masks(ids.to(answers.device)) for ids in batch["instances"]]
         self.target_metrics[stage].update(preds, targets, batch["id"])
